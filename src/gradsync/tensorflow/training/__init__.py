@@ -1,0 +1,17 @@
+"""The training API: gradient aggregation, the distributed optimizer and gradient tape."""
+
+from gradsync.tensorflow.training.aggregation import (
+    GradientAggregator,
+    LocalGradientAggregationHelper,
+    LocalGradientAggregationHelperEager,
+)
+from gradsync.tensorflow.training.optimizer import DistributedOptimizer
+from gradsync.tensorflow.training.tape import DistributedGradientTape
+
+__all__ = [
+    "DistributedGradientTape",
+    "DistributedOptimizer",
+    "GradientAggregator",
+    "LocalGradientAggregationHelper",
+    "LocalGradientAggregationHelperEager",
+]

@@ -1,0 +1,56 @@
+"""``DistributedOptimizer``: one constructor for every kind of optimizer gradsync supports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from gradsync.engine.reduce_ops import ReduceOp
+from gradsync.tensorflow.ops import Compression, Compressor
+from gradsync.tensorflow.training.aggregation import CountSteps, GradientAggregator
+from gradsync.tensorflow.training.optimizer_keras import is_keras_optimizer, wrap_keras_optimizer
+from gradsync.tensorflow.training.optimizer_v1 import DistributedLegacyOptimizer
+from gradsync.tensorflow.training.reduction import make_gradient_allreducer
+
+
+def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
+    optimizer: Any,
+    name: str | None = None,
+    use_locking: bool = False,
+    device_dense: str = "",
+    device_sparse: str = "",
+    compression: Compressor = Compression.none,
+    sparse_as_dense: bool = False,
+    backward_passes_per_step: int = 1,
+    op: ReduceOp = ReduceOp.AVERAGE,
+    gradient_predivide_factor: float = 1.0,
+    average_aggregated_gradients: bool = False,
+    count_steps: CountSteps = "calls",
+) -> Any:
+    """Wraps ``optimizer`` so that every update uses gradients averaged (or summed) over ranks.
+
+    Accepts ``tf.compat.v1.train`` optimizers (v1 graph mode) and Keras 3 optimizers (custom
+    loops and ``model.fit``). With ``backward_passes_per_step=N`` the gradients of N calls are
+    summed locally and communicated once; the update is applied on the N-th call only, divided
+    by N when ``average_aggregated_gradients``. ``count_steps`` says whether step counters
+    (``optimizer.iterations``, a v1 ``global_step``) count every call ("calls", Horovod's
+    behaviour) or applied updates only ("updates").
+    ``device_dense`` and ``device_sparse`` are accepted for compatibility and ignored.
+    """
+    aggregator = GradientAggregator(
+        backward_passes_per_step,
+        make_gradient_allreducer(op, compression, sparse_as_dense, gradient_predivide_factor),
+        sparse_as_dense=sparse_as_dense,
+        average_aggregated_gradients=average_aggregated_gradients,
+        count_steps=count_steps,
+        name=f"{name or 'distributed_optimizer'}_aggregation",
+    )
+    if isinstance(optimizer, tf.compat.v1.train.Optimizer):
+        return DistributedLegacyOptimizer(optimizer, aggregator, name, use_locking)
+    if is_keras_optimizer(optimizer):
+        return wrap_keras_optimizer(optimizer, aggregator, name)
+    raise ValueError(
+        f"DistributedOptimizer supports tf.compat.v1.train optimizers and Keras 3 optimizers, "
+        f"got {type(optimizer).__module__}.{type(optimizer).__name__}."
+    )

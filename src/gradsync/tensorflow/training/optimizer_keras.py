@@ -1,0 +1,68 @@
+"""``DistributedOptimizer`` for Keras 3 optimizers, in custom loops and in ``model.fit``.
+
+The wrapped optimizer is an instance of a subclass of the user's optimizer class, made on the
+fly, whose ``apply`` aggregates and allreduces before the real update. ``apply`` is the single
+entry point of Keras 3 optimizers (``apply_gradients`` and ``model.fit`` both go through it), so
+unlike Horovod, calling ``apply_gradients(zip(grads, vars))`` directly also synchronizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
+
+
+class _DistributedKerasOptimizer:
+    """Mixin placed before the user's optimizer class in the wrapped optimizer's MRO."""
+
+    _gradsync_aggregator: GradientAggregator
+
+    def apply(self, grads, trainable_variables=None):
+        """Aggregates and allreduces ``grads``; updates only on the call that synchronized."""
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            self.build(trainable_variables)
+        aggregator = self._gradsync_aggregator
+        reduced = aggregator.compute_gradients(list(grads), trainable_variables)
+        apply_update = super().apply
+        return aggregator.apply_or_skip(
+            lambda: apply_update(reduced, trainable_variables),
+            lambda: advance_counters(self),
+            after=reduced,
+        )
+
+
+def wrap_keras_optimizer(optimizer: Any, aggregator: GradientAggregator, name: str | None) -> Any:
+    """A new optimizer with ``optimizer``'s class and configuration that synchronizes."""
+    accumulation_steps = getattr(optimizer, "gradient_accumulation_steps", None)
+    if accumulation_steps:
+        raise ValueError(
+            f"the optimizer has Keras's gradient_accumulation_steps={accumulation_steps}; "
+            "gradsync would aggregate a second time. Create the optimizer without it and pass "
+            f"backward_passes_per_step={accumulation_steps} to DistributedOptimizer instead."
+        )
+    if getattr(optimizer, "built", False) and optimizer.variables:
+        raise ValueError(
+            "DistributedOptimizer needs an optimizer that has not been used yet (its state "
+            "would be lost); wrap it before the first training step."
+        )
+    base = type(optimizer)
+    cls = type(base.__name__, (_DistributedKerasOptimizer, base), {})
+    config = optimizer.get_config()
+    if name is not None:
+        config["name"] = name
+    wrapped = cls.from_config(config)
+    wrapped._gradsync_aggregator = aggregator
+    return wrapped
+
+
+def is_keras_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a Keras 3 optimizer."""
+    try:
+        import keras
+    except ImportError:
+        return False
+    return isinstance(optimizer, keras.optimizers.Optimizer)

@@ -1,0 +1,63 @@
+"""How a list of gradients is reduced across ranks: the allreduce every training mode shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+from gradsync.engine import size
+from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op
+from gradsync.tensorflow.ops import Compression, grouped_allreduce
+from gradsync.tensorflow.ops.compression import Compressor, check_compression
+
+GradientAllreducer = Callable[[Sequence[tf.Tensor | None], Sequence[tf.Variable]], list]
+
+
+def densify(gradient, sparse_as_dense: bool):
+    """``tf.IndexedSlices`` as a dense tensor when ``sparse_as_dense``; anything else as is."""
+    if sparse_as_dense and isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+def make_gradient_allreducer(
+    op: ReduceOp = ReduceOp.AVERAGE,
+    compression: Compressor = Compression.none,
+    sparse_as_dense: bool = False,
+    gradient_predivide_factor: float = 1.0,
+) -> GradientAllreducer:
+    """Returns ``allreduce(grads, variables)``: one fused allreduce of the non-None gradients.
+
+    ``gradient_predivide_factor`` splits an average into a division by the factor before the
+    sum and by ``size / factor`` after it (for the range of low-precision gradients).
+    None gradients stay None in their positions.
+    """
+    op = check_reduce_op(op)
+    compression = check_compression(compression)
+    if gradient_predivide_factor != 1.0 and op is not ReduceOp.AVERAGE:
+        raise ValueError("gradient_predivide_factor is only supported with op=Average.")
+    if gradient_predivide_factor <= 0:
+        raise ValueError(
+            f"gradient_predivide_factor must be > 0, got {gradient_predivide_factor}."
+        )
+
+    def allreduce(gradients, variables):
+        positions = [i for i, g in enumerate(gradients) if g is not None]
+        present = [densify(gradients[i], sparse_as_dense) for i in positions]
+        if gradient_predivide_factor == 1.0:
+            reduce_op, prescale, postscale = op, 1.0, 1.0
+        else:
+            reduce_op = ReduceOp.SUM
+            prescale = 1.0 / gradient_predivide_factor
+            postscale = gradient_predivide_factor / size()
+        reduced = grouped_allreduce(
+            present, reduce_op, prescale, postscale, compression, "gradients"
+        )
+        results = [None] * len(gradients)
+        for position, value in zip(positions, reduced, strict=True):
+            results[position] = value
+        return results
+
+    return allreduce
+
