@@ -7,10 +7,10 @@ collective starts with the same header exchange, ranks that disagree, even ones 
 different collectives, meet in it and all raise the same ``CollectiveMismatchError``.
 
 Requests built in a TensorFlow v1 graph may be executed by several threads in any order within
-one ``Session.run``. They are marked ``may_wait``: when the ranks propose different ones, each
-rank waits for its other pending requests to arrive and proposes again, always the smallest
-name first, so all ranks converge on the same order. A disagreement that persists for
-``GRADSYNC_STALL_TIMEOUT`` seconds (default 60) becomes an error.
+one ``Session.run``. They are marked ``may_wait``: when the ranks propose different ones, they
+share the names of all their pending requests and run the smallest name pending everywhere,
+or wait for more to arrive, so all ranks converge on the same order. A disagreement that
+persists for ``GRADSYNC_STALL_TIMEOUT`` seconds (default 60) becomes an error.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 2
 
 
+def _signature_text(request: Request) -> str:
+    return repr(sorted(request.signature.items()))
+
+
 def _stall_timeout() -> float:
     return float(os.environ.get("GRADSYNC_STALL_TIMEOUT", "60"))
 
@@ -98,8 +102,7 @@ def run(world: World, request: Request) -> Any:
 
 def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
     """One header round; returns False when the ranks should propose again later."""
-    signature_text = repr(sorted(proposal.signature.items()))
-    name_digest, signature_digest = _digest(proposal.key), _digest(signature_text)
+    name_digest, signature_digest = _digest(proposal.key), _digest(_signature_text(proposal))
     header = np.array(
         [
             name_digest,
@@ -107,7 +110,6 @@ def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
             signature_digest,
             -signature_digest,
             -int(proposal.may_wait),
-            int(give_up),
         ],
         dtype=np.int64,
     )
@@ -115,23 +117,61 @@ def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
     same_name = header[0] == -header[1]
     same_signature = header[2] == -header[3]
     all_may_wait = header[4] == -1
-    anyone_gives_up = header[5] == 1
 
     if same_name and same_signature:
-        _take(proposal)
-        try:
-            proposal.finish(result=proposal.execute(world.comm))
-        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
-            proposal.finish(error=error)
+        _execute(world, proposal)
         return True
-    if not same_name and all_may_wait and not anyone_gives_up:
-        return False
-    descriptions = world.comm.allgather(
-        {"key": proposal.key, "kind": proposal.kind, **proposal.signature}
-    )
-    _take(proposal)
-    proposal.finish(error=CollectiveMismatchError(describe_mismatch(descriptions)))
+    if not same_name and all_may_wait:
+        return _settle_waiting_requests(world, give_up)
+    _fail_with_descriptions(world, proposal)
     return True
+
+
+def _execute(world: World, request: Request) -> None:
+    _take(request)
+    try:
+        request.finish(result=request.execute(world.comm))
+    except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+        request.finish(error=error)
+
+
+_V1_HINT = (
+    " In a v1 graph, the collectives one Session.run executes concurrently are matched between "
+    "ranks at run time; when more are waiting than TensorFlow has inter-op threads, they can "
+    "miss each other. Fuse them with grouped_allreduce, or order them with "
+    "tf.control_dependencies."
+)
+
+
+def _fail_with_descriptions(world: World, request: Request, hint: str = "") -> None:
+    descriptions = world.comm.allgather(
+        {"key": request.key, "kind": request.kind, **request.signature}
+    )
+    _take(request)
+    request.finish(error=CollectiveMismatchError(describe_mismatch(descriptions) + hint))
+
+
+def _settle_waiting_requests(world: World, give_up: bool) -> bool:
+    """The ranks proposed different graph-mode requests: each shares its pending keys, and
+    they run the smallest key pending on every rank. Returns False when there is none yet."""
+    with _pending_lock:
+        mine = {r.key: r for r in _pending}
+    everyone = world.comm.allgather((sorted(mine), give_up))
+    common = set(mine).intersection(*(set(keys) for keys, _ in everyone))
+    if common:
+        chosen = mine[min(common)]
+        header = np.array([_digest(_signature_text(chosen))] * 2, dtype=np.int64)
+        header[1] = -header[1]
+        world.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
+        if header[0] == -header[1]:
+            _execute(world, chosen)
+        else:
+            _fail_with_descriptions(world, chosen)
+        return True
+    if any(gave_up for _, gave_up in everyone):
+        _fail_with_descriptions(world, min(mine.values(), key=lambda r: r.key), _V1_HINT)
+        return True
+    return False
 
 
 def _take(request: Request) -> None:
