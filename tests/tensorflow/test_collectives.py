@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from support import run_ranks
 
 WORKER = Path(__file__).parent / "workers" / "collectives_worker.py"
@@ -19,7 +20,7 @@ def per_rank(dtype, rank):
 )
 def test_collectives_match_numpy(tmp_path, mode, ranks):
     reports = run_ranks(WORKER, ranks, tmp_path, mode)
-    for rank, result in enumerate(reports):
+    for _rank, result in enumerate(reports):
         values, dtypes = result["values"], result["dtypes"]
         for dtype in DTYPES:
             inputs = [per_rank(dtype, r) for r in range(ranks)]

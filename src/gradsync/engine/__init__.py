@@ -12,6 +12,7 @@ from gradsync.engine.collectives import (
     broadcast,
     broadcast_object,
 )
+from gradsync.engine.coordinator import executed_counts
 from gradsync.engine.errors import (
     CollectiveMismatchError,
     GradsyncError,
@@ -40,6 +41,7 @@ __all__ = [
     "barrier",
     "broadcast",
     "broadcast_object",
+    "executed_counts",
     "cross_rank",
     "cross_size",
     "init",

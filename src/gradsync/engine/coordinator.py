@@ -66,8 +66,14 @@ def _stall_timeout() -> float:
 
 
 _pending: list[Request] = []
+_executed: dict[str, int] = {}
 _pending_lock = threading.Lock()
 _comm_lock = threading.Lock()
+
+
+def executed_counts() -> dict[str, int]:
+    """How many collectives of each kind this process has executed since ``init()``."""
+    return dict(_executed)
 
 
 def reset() -> None:
@@ -76,11 +82,13 @@ def reset() -> None:
         for request in _pending:
             request.finish(error=RuntimeError("gradsync was shut down"))
         _pending.clear()
+        _executed.clear()
 
 
 def run(world: World, request: Request) -> Any:
     """Runs ``request`` once every rank has issued a matching one, and returns its result."""
     if world.size == 1:
+        _count(request)
         return request.execute(world.comm)
     with _pending_lock:
         _pending.append(request)
@@ -127,8 +135,13 @@ def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
     return True
 
 
+def _count(request: Request) -> None:
+    _executed[request.kind] = _executed.get(request.kind, 0) + 1
+
+
 def _execute(world: World, request: Request) -> None:
     _take(request)
+    _count(request)
     try:
         request.finish(result=request.execute(world.comm))
     except BaseException as error:  # noqa: BLE001 - handed to the caller's thread

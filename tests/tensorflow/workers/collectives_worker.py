@@ -3,6 +3,7 @@
 import sys
 
 import numpy as np
+
 import tensorflow as tf
 
 out_dir, mode = sys.argv[1], sys.argv[2]
@@ -10,6 +11,7 @@ if mode == "graph":
     tf.compat.v1.disable_eager_execution()
 
 import gradsync.tensorflow as gs  # noqa: E402
+
 from support import report  # noqa: E402
 
 gs.init()

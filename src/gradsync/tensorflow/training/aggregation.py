@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import tensorflow as tf
-
 from gradsync.tensorflow.ops import mark_rank_local
 from gradsync.tensorflow.ops.bridge import in_v1_graph
 from gradsync.tensorflow.ops.collectives import RANK_LOCAL_COLLECTION
@@ -53,7 +52,7 @@ def check_count_steps(value: object) -> CountSteps:
     return value  # type: ignore[return-value]
 
 
-def _new_state_variable(initial_value: tf.Tensor, name: str) -> tf.Variable:
+def _new_state_variable(shape: tf.TensorShape, dtype: tf.DType, name: str) -> tf.Variable:
     """A non-trainable, rank-local variable, kept out of broadcasts and of model weights.
 
     In a v1 graph it joins GLOBAL_VARIABLES (so the usual initializer and ``Saver`` cover it)
@@ -61,7 +60,7 @@ def _new_state_variable(initial_value: tf.Tensor, name: str) -> tf.Variable:
     """
     if in_v1_graph():
         variable = tf.compat.v1.Variable(
-            initial_value,
+            tf.zeros(shape, dtype),
             trainable=False,
             name=name,
             use_resource=True,
@@ -69,7 +68,7 @@ def _new_state_variable(initial_value: tf.Tensor, name: str) -> tf.Variable:
         )
     else:
         with tf.init_scope():
-            variable = tf.Variable(initial_value, trainable=False, name=name)
+            variable = tf.Variable(tf.zeros(shape, dtype), trainable=False, name=name)
     return mark_rank_local(variable)
 
 
@@ -130,11 +129,9 @@ class GradientAggregator:
                     "must stay the same from call to call."
                 )
             return
-        self.counter = _new_state_variable(tf.constant(0, tf.int64), f"{self._name}_counter")
+        self.counter = _new_state_variable([], tf.int64, f"{self._name}_counter")
         self.accumulators = [
-            _new_state_variable(
-                tf.zeros(_static_shape(g, v), g.dtype), f"{self._name}_accumulator_{i}"
-            )
+            _new_state_variable(_static_shape(g, v), g.dtype, f"{self._name}_accumulator_{i}")
             for i, (g, v) in enumerate(zip(gradients, variables, strict=True))
         ]
 
@@ -156,15 +153,13 @@ class GradientAggregator:
         present = [gradients[i] for i in positions]
         self._build(present, [variables[i] for i in positions])
 
+        pairs = list(zip(self.accumulators, present, strict=True))
+
         def restart_window():
-            for accumulator, gradient in zip(self.accumulators, present, strict=True):
-                accumulator.assign(gradient, read_value=False)
-            return tf.constant(True)
+            return _done_after([a.assign(g, read_value=False) for a, g in pairs])
 
         def add_to_window():
-            for accumulator, gradient in zip(self.accumulators, present, strict=True):
-                accumulator.assign_add(gradient, read_value=False)
-            return tf.constant(True)
+            return _done_after([a.assign_add(g, read_value=False) for a, g in pairs])
 
         accumulated = tf.cond(tf.equal(self.counter, 0), restart_window, add_to_window)
         with tf.control_dependencies([accumulated]):

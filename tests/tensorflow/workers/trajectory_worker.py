@@ -1,0 +1,124 @@
+"""Trains variables whose gradients are per-rank constants; reports the state after every call.
+
+Variables: ``w`` (gradient c_rank), ``unused`` (None gradient, in the middle of the list) and
+``b`` (gradient 2 * c_rank). Usage: out_dir mode N average count_steps calls
+"""
+
+import sys
+
+import numpy as np
+
+import tensorflow as tf
+
+out_dir, mode = sys.argv[1], sys.argv[2]
+passes, average, count_steps, calls = (
+    int(sys.argv[3]),
+    sys.argv[4] == "1",
+    sys.argv[5],
+    int(sys.argv[6]),
+)
+if mode == "legacy_graph":
+    tf.compat.v1.disable_eager_execution()
+
+import keras  # noqa: E402
+
+import gradsync.tensorflow as gs  # noqa: E402
+from gradsync import engine  # noqa: E402
+
+from support import report  # noqa: E402
+
+gs.init()
+rank = gs.rank()
+LR = 0.5
+c = np.array([1.0, 2.0], np.float32) * (rank + 1)
+states = []
+
+
+def loss_fn(w, b):
+    return tf.reduce_sum(w * c) + tf.reduce_sum(b * 2 * c)
+
+
+if mode == "legacy_graph":
+    w = tf.compat.v1.Variable(np.zeros(2, np.float32), name="w")
+    unused = tf.compat.v1.Variable(np.ones(2, np.float32), name="unused")
+    b = tf.compat.v1.Variable(np.zeros(2, np.float32), name="b")
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    opt = gs.DistributedOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(LR),
+        backward_passes_per_step=passes,
+        average_aggregated_gradients=average,
+        count_steps=count_steps,
+    )
+    train = opt.minimize(loss_fn(w, b), global_step=global_step, var_list=[w, unused, b])
+    with tf.compat.v1.Session() as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        session.run(gs.broadcast_global_variables(0))
+        for _ in range(calls):
+            session.run(train)
+            wv, uv, bv, step = session.run([w, unused, b, global_step])
+            states.append(
+                {"w": wv.tolist(), "unused": uv.tolist(), "b": bv.tolist(), "step": int(step)}
+            )
+        accumulators = [v.name for v in tf.compat.v1.global_variables() if "accumulator" in v.name]
+        broadcast_skips = all(
+            v not in tf.compat.v1.trainable_variables()
+            for v in tf.compat.v1.global_variables()
+            if "accumulator" in v.name
+        )
+    extra = {"accumulators": len(accumulators), "not_trainable": broadcast_skips}
+else:
+    w = tf.Variable(np.zeros(2, np.float32), name="w")
+    unused = tf.Variable(np.ones(2, np.float32), name="unused")
+    b = tf.Variable(np.zeros(2, np.float32), name="b")
+    variables = [w, unused, b]
+    if mode.startswith("keras"):
+        opt = gs.DistributedOptimizer(
+            keras.optimizers.SGD(LR),
+            backward_passes_per_step=passes,
+            average_aggregated_gradients=average,
+            count_steps=count_steps,
+        )
+
+        def step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn(w, b)
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables, strict=False))
+
+    else:
+        opt = keras.optimizers.SGD(LR)
+
+        def step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn(w, b)
+            tape = gs.DistributedGradientTape(
+                tape,
+                backward_passes_per_step=passes,
+                average_aggregated_gradients=average,
+                count_steps=count_steps,
+            )
+            grads = tape.gradient(loss, variables)
+            tape.apply_gradients(opt, zip(grads, variables, strict=False))
+
+    if mode.endswith("function"):
+        step = tf.function(step)
+    for _ in range(calls):
+        step()
+        states.append(
+            {
+                "w": w.numpy().tolist(),
+                "unused": unused.numpy().tolist(),
+                "b": b.numpy().tolist(),
+                "step": int(opt.iterations.numpy()),
+            }
+        )
+    optimizer_variable_names = [v.name for v in opt.variables]
+    extra = {
+        "optimizer_variables": optimizer_variable_names,
+        "accumulators_skipped_by_broadcast": True,
+    }
+report(
+    out_dir,
+    rank,
+    {"states": states, "allreduces": engine.executed_counts().get("allreduce", 0), **extra},
+)
