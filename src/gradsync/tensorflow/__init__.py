@@ -33,6 +33,7 @@ from gradsync.tensorflow.ops import (
     grouped_allreduce,
 )
 from gradsync.tensorflow.training import (
+    BroadcastGlobalVariablesHook,
     DistributedGradientTape,
     DistributedOptimizer,
     LocalGradientAggregationHelper,
@@ -44,6 +45,7 @@ Sum = ReduceOp.SUM
 Adasum = ReduceOp.ADASUM
 
 __all__ = [
+    "BroadcastGlobalVariablesHook",
     "Adasum",
     "Average",
     "CollectiveMismatchError",

@@ -5,10 +5,12 @@ from gradsync.tensorflow.training.aggregation import (
     LocalGradientAggregationHelper,
     LocalGradientAggregationHelperEager,
 )
+from gradsync.tensorflow.training.hooks import BroadcastGlobalVariablesHook
 from gradsync.tensorflow.training.optimizer import DistributedOptimizer
 from gradsync.tensorflow.training.tape import DistributedGradientTape
 
 __all__ = [
+    "BroadcastGlobalVariablesHook",
     "DistributedGradientTape",
     "DistributedOptimizer",
     "GradientAggregator",
