@@ -1,0 +1,43 @@
+"""gradsync for Keras 3, under Horovod's ``horovod.tensorflow.keras`` names."""
+
+from gradsync.tensorflow import (
+    Average,
+    Compression,
+    Sum,
+    allgather,
+    allreduce,
+    barrier,
+    broadcast,
+    broadcast_object,
+    broadcast_variables,
+    init,
+    is_initialized,
+    local_rank,
+    local_size,
+    rank,
+    shutdown,
+    size,
+)
+from gradsync.tensorflow.keras import callbacks
+from gradsync.tensorflow.training import DistributedOptimizer
+
+__all__ = [
+    "Average",
+    "Compression",
+    "DistributedOptimizer",
+    "Sum",
+    "allgather",
+    "allreduce",
+    "barrier",
+    "broadcast",
+    "broadcast_object",
+    "broadcast_variables",
+    "callbacks",
+    "init",
+    "is_initialized",
+    "local_rank",
+    "local_size",
+    "rank",
+    "shutdown",
+    "size",
+]

@@ -1,0 +1,128 @@
+"""A world of one process, without a launcher, and the arguments every rank checks alike."""
+
+import keras
+import numpy as np
+import pytest
+
+import gradsync.tensorflow as gs
+import tensorflow as tf
+from gradsync import engine
+
+
+@pytest.fixture(autouse=True)
+def world():
+    gs.init()
+    yield
+    gs.shutdown()
+
+
+def test_size_one_world_without_launcher():
+    assert (gs.rank(), gs.size(), gs.local_rank(), gs.local_size()) == (0, 1, 0, 1)
+    assert (gs.cross_rank(), gs.cross_size()) == (0, 1)
+    x = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(gs.allreduce(x), x)
+    np.testing.assert_array_equal(gs.allreduce(x, op=gs.Sum, postscale_factor=2.0), 2 * x)
+    np.testing.assert_array_equal(gs.allgather(x), x)
+    np.testing.assert_array_equal(gs.broadcast(x, 0), x)
+    assert gs.broadcast_object({"a": 1}) == {"a": 1}
+
+
+def test_collectives_before_init_raise_clear_error():
+    gs.shutdown()
+    assert not gs.is_initialized()
+    with pytest.raises(gs.NotInitializedError, match="call gradsync.tensorflow.init"):
+        gs.allreduce(tf.constant(1.0))
+    with pytest.raises(gs.NotInitializedError):
+        gs.rank()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, 1.5, True, "4", None])
+def test_backward_passes_per_step_must_be_positive_integer(bad):
+    with pytest.raises(ValueError, match="backward_passes_per_step"):
+        gs.DistributedOptimizer(keras.optimizers.SGD(0.1), backward_passes_per_step=bad)
+    with pytest.raises(ValueError, match="backward_passes_per_step"):
+        gs.DistributedGradientTape(tf.GradientTape(), backward_passes_per_step=bad)
+    with pytest.raises(ValueError, match="backward_passes_per_step"):
+        gs.LocalGradientAggregationHelperEager(bad, None, False, False)
+
+
+def test_n_equal_one_creates_no_aggregation_variables():
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.5))
+    w = tf.Variable([1.0, 2.0])
+    optimizer.apply_gradients([(tf.constant([1.0, 1.0]), w)])
+    np.testing.assert_array_equal(w.numpy(), [0.5, 1.5])
+    assert optimizer._gradsync_aggregator.counter is None
+    assert optimizer._gradsync_aggregator.accumulators == []
+
+
+def test_sparse_gradients_need_sparse_as_dense():
+    embedding = tf.Variable(np.ones((4, 2), np.float32))
+
+    def sparse_gradient():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(embedding, [1, 3]))
+        return tape.gradient(loss, embedding)
+
+    assert isinstance(sparse_gradient(), tf.IndexedSlices)
+    refusing = gs.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    with pytest.raises(ValueError, match="sparse_as_dense=True"):
+        refusing.apply_gradients([(sparse_gradient(), embedding)])
+    densifying = gs.DistributedOptimizer(
+        keras.optimizers.SGD(1.0), backward_passes_per_step=2, sparse_as_dense=True
+    )
+    densifying.apply_gradients([(sparse_gradient(), embedding)])
+    np.testing.assert_array_equal(embedding.numpy(), np.ones((4, 2)))
+    densifying.apply_gradients([(sparse_gradient(), embedding)])
+    np.testing.assert_array_equal(embedding.numpy(), [[1, 1], [-1, -1], [1, 1], [-1, -1]])
+
+
+def test_keras_gradient_accumulation_is_refused():
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=4.*backward_passes_per_step"):
+        gs.DistributedOptimizer(keras.optimizers.SGD(0.1, gradient_accumulation_steps=4))
+
+
+def test_two_optimizers_keep_separate_windows():
+    first = gs.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    second = gs.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=3)
+    a, b = tf.Variable([0.0]), tf.Variable([0.0])
+    history = []
+    for _ in range(6):
+        first.apply_gradients([(tf.constant([1.0]), a)])
+        second.apply_gradients([(tf.constant([1.0]), b)])
+        history.append((float(a.numpy()[0]), float(b.numpy()[0])))
+    assert history == [(0, 0), (-2, 0), (-2, -3), (-4, -3), (-4, -3), (-6, -6)]
+
+
+@pytest.mark.parametrize("none_at", [[0], [1], [2], [0, 2], [0, 1]])
+def test_none_gradients_stay_in_place(none_at):
+    variables = [tf.Variable([float(i + 1)]) for i in range(3)]
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    for _ in range(2):
+        grads = [None if i in none_at else tf.constant([10.0 * (i + 1)]) for i in range(3)]
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+    for i, variable in enumerate(variables):
+        expected = (i + 1.0) if i in none_at else (i + 1.0) - 2 * 10.0 * (i + 1)
+        assert float(variable.numpy()[0]) == expected
+
+
+def test_inf_in_one_window_does_not_poison_the_next():
+    w = tf.Variable([0.0])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    optimizer.apply_gradients([(tf.constant([np.inf]), w)])
+    optimizer.apply_gradients([(tf.constant([1.0]), w)])
+    assert np.isneginf(w.numpy()[0])
+    w.assign([0.0])
+    optimizer.apply_gradients([(tf.constant([1.0]), w)])
+    optimizer.apply_gradients([(tf.constant([2.0]), w)])
+    assert float(w.numpy()[0]) == -3.0
+
+
+def test_accumulators_are_not_broadcast():
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(1.0), backward_passes_per_step=2)
+    w = tf.Variable([0.0])
+    optimizer.apply_gradients([(tf.constant([1.0]), w)])
+    accumulator = optimizer._gradsync_aggregator.accumulators[0]
+    before = engine.executed_counts().get("broadcast", 0)
+    gs.broadcast_variables([accumulator, optimizer._gradsync_aggregator.counter], 0)
+    assert engine.executed_counts().get("broadcast", 0) == before
+    assert all(v is not accumulator for v in optimizer.variables)
