@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import gradsync.tensorflow as gs
-import tensorflow as tf
 from gradsync import engine
 
 

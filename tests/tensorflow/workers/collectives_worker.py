@@ -3,7 +3,6 @@
 import sys
 
 import numpy as np
-
 import tensorflow as tf
 
 out_dir, mode = sys.argv[1], sys.argv[2]

@@ -8,7 +8,6 @@ mean loss. Usage: out_dir mode optimizer N windows count_steps
 import sys
 
 import numpy as np
-
 import tensorflow as tf
 
 out_dir, mode, optimizer_name = sys.argv[1], sys.argv[2], sys.argv[3]

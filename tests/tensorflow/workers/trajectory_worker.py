@@ -7,7 +7,6 @@ Variables: ``w`` (gradient c_rank), ``unused`` (None gradient, in the middle of 
 import sys
 
 import numpy as np
-
 import tensorflow as tf
 
 out_dir, mode = sys.argv[1], sys.argv[2]

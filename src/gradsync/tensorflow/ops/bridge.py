@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-
 import tensorflow as tf
 
 EngineCall = Callable[[list[np.ndarray], str, bool], Sequence[np.ndarray]]

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-
 import tensorflow as tf
+
 from gradsync import engine
 from gradsync.engine.collectives import check_reducible, check_root_rank
 from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op

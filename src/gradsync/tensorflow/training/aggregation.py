@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import tensorflow as tf
+
 from gradsync.tensorflow.ops import mark_rank_local
 from gradsync.tensorflow.ops.bridge import in_v1_graph
 from gradsync.tensorflow.ops.collectives import RANK_LOCAL_COLLECTION

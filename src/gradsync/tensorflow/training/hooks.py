@@ -4,6 +4,7 @@ variables (Horovod's hook of the same name)."""
 from __future__ import annotations
 
 import tensorflow as tf
+
 from gradsync.tensorflow.ops import broadcast_global_variables
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
+
 from gradsync.engine.reduce_ops import ReduceOp
 from gradsync.tensorflow.ops import Compression, Compressor
 from gradsync.tensorflow.training.aggregation import CountSteps, GradientAggregator

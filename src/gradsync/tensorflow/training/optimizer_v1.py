@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tensorflow as tf
+
 from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import tensorflow as tf
+
 from gradsync.engine import size
 from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op
 from gradsync.tensorflow.ops import Compression, grouped_allreduce
