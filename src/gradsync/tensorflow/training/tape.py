@@ -59,6 +59,7 @@ class DistributedGradientTape:
             average_aggregated_gradients,
             count_steps,
         )
+        # Refuse bad settings here, at construction, rather than at the first gradient().
         make_gradient_allreducer(op, compression, sparse_as_dense, gradient_predivide_factor)
         check_count_steps(count_steps)
 
