@@ -276,23 +276,9 @@ class LocalGradientAggregationHelper(GradientAggregator):
 
 
 class LocalGradientAggregationHelperEager(GradientAggregator):
-    """Horovod's eager helper, with its constructor; the same aggregator as the graph one."""
-
-    def __init__(
-        self,
-        backward_passes_per_step: int,
-        allreduce_func: GradientAllreducer,
-        sparse_as_dense: bool,
-        average_aggregated_gradients: bool,
-        count_steps: CountSteps = "calls",
-    ) -> None:
-        super().__init__(
-            backward_passes_per_step,
-            allreduce_func,
-            sparse_as_dense,
-            average_aggregated_gradients,
-            count_steps,
-        )
+    """Horovod's eager helper: the same aggregator, whose constructor already takes Horovod's
+    arguments in Horovod's order (backward_passes_per_step, allreduce_func, sparse_as_dense,
+    average_aggregated_gradients)."""
 
 
 def advance_counters(optimizer: Any = None, global_step: tf.Variable | None = None) -> list:
