@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# tf_keras (Keras 2) without its dependencies, which would swap tensorflow-cpu for tensorflow.
+	$(BIN)/python -m pip install --quiet --no-deps 'tf_keras==2.21.*'
 	touch $(STAMP)
 
 demo: $(STAMP)

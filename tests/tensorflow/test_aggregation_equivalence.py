@@ -10,7 +10,8 @@ from support import run_ranks
 WORKER = Path(__file__).parent / "workers" / "equivalence_worker.py"
 WINDOWS = 3
 # Keras's Adam corrects its bias with optimizer.iterations, which must then count updates
-# (count_steps="updates") for one window to equal one step; v1 optimizers keep their own.
+# (count_steps="updates") for one window to equal one step, as must tf_keras's; v1 optimizers
+# keep their own.
 
 CASES = [
     ("tape_function", "sgd", 2, 4),
@@ -23,6 +24,11 @@ CASES = [
     ("legacy_graph", "sgd", 2, 4),
     ("legacy_graph", "adam", 2, 4),
     ("legacy_graph", "momentum", 3, 2),
+    ("tf_keras_fit", "sgd", 2, 4),
+    ("tf_keras_fit", "adam", 3, 2),
+    ("tf_keras_legacy_fit", "adam", 2, 4),
+    ("tf_keras_session_fit", "sgd", 2, 4),
+    ("tf_keras_session_fit", "adam", 3, 3),
 ]
 
 

@@ -9,7 +9,16 @@ from support import run_ranks
 
 WORKER = Path(__file__).parent / "workers" / "trajectory_worker.py"
 LR = 0.5
-MODES = ["keras_eager", "keras_function", "tape_eager", "tape_function", "legacy_graph"]
+MODES = [
+    "keras_eager",
+    "keras_function",
+    "tape_eager",
+    "tape_function",
+    "legacy_graph",
+    "tf_keras_function",
+    "tf_keras_legacy_eager",
+    "tf_keras_session",
+]
 
 
 def expected_states(ranks, passes, average, count_steps, calls):
@@ -40,6 +49,9 @@ CASES = [
     ("tape_function", 3, 3, False, "updates"),
     ("keras_eager", 2, 4, True, "calls"),
     ("legacy_graph", 2, 4, False, "updates"),
+    ("tf_keras_eager", 2, 3, False, "updates"),
+    ("tf_keras_legacy_function", 3, 4, False, "calls"),
+    ("tf_keras_session", 3, 1, False, "calls"),
 ]
 
 

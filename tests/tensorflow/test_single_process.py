@@ -126,3 +126,42 @@ def test_accumulators_are_not_broadcast():
     gs.broadcast_variables([accumulator, optimizer._gradsync_aggregator.counter], 0)
     assert engine.executed_counts().get("broadcast", 0) == before
     assert all(v is not accumulator for v in optimizer.variables)
+
+
+def _tf_keras_sgd(family: str):
+    import tf_keras
+
+    return getattr(tf_keras.optimizers, family).SGD(1.0) if family else tf_keras.optimizers.SGD(1.0)
+
+
+@pytest.mark.parametrize("flavour", ["keras", "tf_keras", "tf_keras_legacy"])
+def test_optimizer_already_used_is_refused(flavour):
+    optimizer = {
+        "keras": lambda: keras.optimizers.SGD(1.0, momentum=0.9),
+        "tf_keras": lambda: _tf_keras_sgd(""),
+        "tf_keras_legacy": lambda: _tf_keras_sgd("legacy"),
+    }[flavour]()
+    w = tf.Variable([0.0])
+    optimizer.apply_gradients([(tf.constant([1.0]), w)])
+    with pytest.raises(ValueError, match="has not been used yet"):
+        gs.DistributedOptimizer(optimizer)
+
+
+@pytest.mark.parametrize("family", ["", "legacy"])
+def test_tf_keras_optimizer_keeps_its_class_and_config(family):
+    optimizer = _tf_keras_sgd(family)
+    wrapped = gs.DistributedOptimizer(optimizer, backward_passes_per_step=2)
+    assert isinstance(wrapped, type(optimizer))
+    assert wrapped.get_config() == optimizer.get_config()
+
+
+def test_tf_keras_new_family_in_v1_graph_points_to_legacy():
+    optimizer = _tf_keras_sgd("")
+    with tf.Graph().as_default():
+        with pytest.raises(ValueError, match="use tf_keras.optimizers.legacy.SGD"):
+            gs.DistributedOptimizer(optimizer)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="supports tf.compat.v1.train optimizers.*got builtins"):
+        gs.DistributedOptimizer(object())

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 out_dir, mode, optimizer_name = sys.argv[1], sys.argv[2], sys.argv[3]
 passes, windows, count_steps = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-if mode == "legacy_graph":
+if mode in ("legacy_graph", "tf_keras_session_fit"):
     tf.compat.v1.disable_eager_execution()
 
 import keras  # noqa: E402
@@ -30,6 +30,15 @@ x_all = rng.normal(size=(windows * GLOBAL, FEATURES)).astype(np.float32)
 y_all = rng.integers(0, CLASSES, size=windows * GLOBAL)
 W0 = rng.normal(scale=0.5, size=(FEATURES, CLASSES)).astype(np.float32)
 B0 = np.zeros(CLASSES, np.float32)
+
+
+OPTIONS = dict(
+    backward_passes_per_step=passes, average_aggregated_gradients=True, count_steps=count_steps
+)
+
+
+def distributed_optimizer(optimizer):
+    return gs.DistributedOptimizer(optimizer, **OPTIONS)
 
 
 def micro_batch(window, k, r):
@@ -71,19 +80,14 @@ def keras_reference():
 
 def keras_distributed():
     model = keras_model()
-    options = dict(
-        backward_passes_per_step=passes,
-        average_aggregated_gradients=True,
-        count_steps=count_steps,
-    )
     if mode == "keras_fit":
-        optimizer = gs.DistributedOptimizer(keras_optimizer(), **options)
+        optimizer = distributed_optimizer(keras_optimizer())
         model.compile(optimizer=optimizer, loss=LOSS, steps_per_execution=2)
         x, y = rank_stream(rank)
         model.fit(x, y, batch_size=MICRO, shuffle=False, epochs=1, verbose=0)
         return [v.numpy() for v in model.trainable_variables], int(optimizer.iterations.numpy())
     optimizer = (
-        gs.DistributedOptimizer(keras_optimizer(), **options)
+        distributed_optimizer(keras_optimizer())
         if mode == "keras_loop"
         else keras_optimizer()
     )
@@ -97,7 +101,7 @@ def keras_distributed():
             grads = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(grads, variables, strict=True))
         else:
-            tape = gs.DistributedGradientTape(tape, **options)
+            tape = gs.DistributedGradientTape(tape, **OPTIONS)
             grads = tape.gradient(loss, variables)
             tape.apply_gradients(optimizer, zip(grads, variables, strict=True))
 
@@ -128,12 +132,7 @@ def legacy_run(distributed):
         step = tf.compat.v1.train.get_or_create_global_step()
         optimizer = legacy_optimizer()
         if distributed:
-            optimizer = gs.DistributedOptimizer(
-                optimizer,
-                backward_passes_per_step=passes,
-                average_aggregated_gradients=True,
-                count_steps=count_steps,
-            )
+            optimizer = distributed_optimizer(optimizer)
         train = optimizer.minimize(loss, global_step=step)
         hooks = [gs.BroadcastGlobalVariablesHook(0)] if distributed else []
         with tf.compat.v1.train.MonitoredTrainingSession(hooks=hooks) as session:
@@ -149,7 +148,35 @@ def legacy_run(distributed):
             return session.run([w, b]), int(session.run(step))
 
 
-if mode == "legacy_graph":
+def tf_keras_run(distributed):
+    """model.fit with tf_keras: micro-batches on this rank, or whole batches for the reference.
+
+    The v1 session takes only the legacy optimizer family, as in tf_keras itself.
+    """
+    import tf_keras
+
+    family = tf_keras.optimizers if mode == "tf_keras_fit" else tf_keras.optimizers.legacy
+    optimizer = family.SGD(0.1) if optimizer_name == "sgd" else family.Adam(0.01)
+    if distributed:
+        optimizer = distributed_optimizer(optimizer)
+    model = tf_keras.Sequential([tf_keras.Input((FEATURES,)), tf_keras.layers.Dense(CLASSES)])
+    model.layers[0].set_weights([W0, B0])
+    loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss)
+    if distributed:
+        x, y = rank_stream(rank)
+        batch = MICRO
+    else:
+        x, y, batch = x_all, y_all, GLOBAL
+    model.fit(x, y, batch_size=batch, shuffle=False, epochs=1, verbose=0)
+    weights = model.layers[0].get_weights()
+    return weights, int(tf_keras.backend.get_value(optimizer.iterations))
+
+
+if mode.startswith("tf_keras"):
+    reference, _ = tf_keras_run(False)
+    weights, iterations = tf_keras_run(True)
+elif mode == "legacy_graph":
     reference, _ = legacy_run(False)
     (weights, iterations) = legacy_run(True)
 else:

@@ -16,7 +16,7 @@ passes, average, count_steps, calls = (
     sys.argv[5],
     int(sys.argv[6]),
 )
-if mode == "legacy_graph":
+if mode in ("legacy_graph", "tf_keras_session"):
     tf.compat.v1.disable_eager_execution()
 
 import keras  # noqa: E402
@@ -35,6 +35,25 @@ states = []
 
 def loss_fn(w, b):
     return tf.reduce_sum(w * c) + tf.reduce_sum(b * 2 * c)
+
+
+def wrapped_sgd():
+    """SGD(LR) of the mode's Keras flavour and family, wrapped by gradsync."""
+    if mode.startswith("tf_keras"):
+        import tf_keras
+
+        family = tf_keras.optimizers.legacy if "legacy" in mode else tf_keras.optimizers
+        if mode == "tf_keras_session":
+            family = tf_keras.optimizers.legacy
+        optimizer = family.SGD(LR)
+    else:
+        optimizer = keras.optimizers.SGD(LR)
+    return gs.DistributedOptimizer(
+        optimizer,
+        backward_passes_per_step=passes,
+        average_aggregated_gradients=average,
+        count_steps=count_steps,
+    )
 
 
 if mode == "legacy_graph":
@@ -65,18 +84,39 @@ if mode == "legacy_graph":
             if "accumulator" in v.name
         )
     extra = {"accumulators": len(accumulators), "not_trainable": broadcast_skips}
+elif mode == "tf_keras_session":
+    # tf_keras's v1 session refuses None gradients itself, so there is no unused variable here.
+    import tf_keras
+
+    class TwoVectors(tf_keras.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(name="w", shape=(2,), initializer="zeros")
+            self.b = self.add_weight(name="b", shape=(2,), initializer="zeros")
+
+        def call(self, x):
+            return x * 0 + loss_fn(self.w, self.b)
+
+    layer = TwoVectors()
+    model = tf_keras.Sequential([tf_keras.Input((1,)), layer])
+    opt = wrapped_sgd()
+    model.compile(opt, loss=lambda y_true, y_pred: tf.reduce_mean(y_pred))
+
+    class RecordStates(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            wv, bv = layer.get_weights()
+            step = int(tf_keras.backend.get_value(opt.iterations))
+            states.append({"w": wv.tolist(), "unused": [1.0, 1.0], "b": bv.tolist(), "step": step})
+
+    zeros = np.zeros((calls, 1), np.float32)
+    model.fit(zeros, zeros, batch_size=1, shuffle=False, verbose=0, callbacks=[RecordStates()])
+    extra = {"optimizer_variables": [v.name for v in opt.weights]}
 else:
     w = tf.Variable(np.zeros(2, np.float32), name="w")
     unused = tf.Variable(np.ones(2, np.float32), name="unused")
     b = tf.Variable(np.zeros(2, np.float32), name="b")
     variables = [w, unused, b]
-    if mode.startswith("keras"):
-        opt = gs.DistributedOptimizer(
-            keras.optimizers.SGD(LR),
-            backward_passes_per_step=passes,
-            average_aggregated_gradients=average,
-            count_steps=count_steps,
-        )
+    if not mode.startswith("tape"):
+        opt = wrapped_sgd()
 
         def step():
             with tf.GradientTape() as tape:
@@ -111,11 +151,8 @@ else:
                 "step": int(opt.iterations.numpy()),
             }
         )
-    optimizer_variable_names = [v.name for v in opt.variables]
-    extra = {
-        "optimizer_variables": optimizer_variable_names,
-        "accumulators_skipped_by_broadcast": True,
-    }
+    optimizer_variables = opt.weights if "legacy" in mode else opt.variables
+    extra = {"optimizer_variables": [v.name for v in optimizer_variables]}
 report(
     out_dir,
     rank,

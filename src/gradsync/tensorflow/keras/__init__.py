@@ -1,4 +1,7 @@
-"""gradsync for Keras 3, under Horovod's ``horovod.tensorflow.keras`` names."""
+"""gradsync for Keras 3, under Horovod's ``horovod.tensorflow.keras`` names.
+
+For tf_keras (Keras 2), use ``gradsync.tensorflow.tf_keras``: the same names.
+"""
 
 from gradsync.tensorflow import (
     Average,

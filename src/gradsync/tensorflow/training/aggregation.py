@@ -106,6 +106,11 @@ class GradientAggregator:
         self.accumulators: list[tf.Variable] = []
 
     @property
+    def variables(self) -> list[tf.Variable]:
+        """The aggregation state: the counter and the accumulators (empty until first use)."""
+        return [] if self.counter is None else [self.counter, *self.accumulators]
+
+    @property
     def aggregates(self) -> bool:
         """Whether gradients are accumulated at all (N > 1)."""
         return self.backward_passes_per_step > 1
@@ -219,7 +224,6 @@ class GradientAggregator:
             return tf.constant(False)
 
         return tf.cond(self.synchronized(after), applied, skipped)
-
 
     def apply_gradients(self, apply_grads_closure, optimizer, *args, **kwargs):
         """Horovod's form of ``apply_or_skip``: runs ``apply_grads_closure`` on synchronizing

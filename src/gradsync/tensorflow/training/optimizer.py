@@ -10,6 +10,10 @@ from gradsync.engine.reduce_ops import ReduceOp
 from gradsync.tensorflow.ops import Compression, Compressor
 from gradsync.tensorflow.training.aggregation import CountSteps, GradientAggregator
 from gradsync.tensorflow.training.optimizer_keras import is_keras_optimizer, wrap_keras_optimizer
+from gradsync.tensorflow.training.optimizer_tf_keras import (
+    is_tf_keras_optimizer,
+    wrap_tf_keras_optimizer,
+)
 from gradsync.tensorflow.training.optimizer_v1 import DistributedLegacyOptimizer
 from gradsync.tensorflow.training.reduction import make_gradient_allreducer
 
@@ -30,8 +34,9 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
 ) -> Any:
     """Wraps ``optimizer`` so that every update uses gradients averaged (or summed) over ranks.
 
-    Accepts ``tf.compat.v1.train`` optimizers (v1 graph mode) and Keras 3 optimizers (custom
-    loops and ``model.fit``). With ``backward_passes_per_step=N`` the gradients of N calls are
+    Accepts ``tf.compat.v1.train`` optimizers (v1 graph mode), Keras 3 optimizers (custom loops
+    and ``model.fit``) and tf_keras optimizers (TF2, and v1 graph mode through the Keras
+    session). With ``backward_passes_per_step=N`` the gradients of N calls are
     summed locally and communicated once; the update is applied on the N-th call only, divided
     by N when ``average_aggregated_gradients``. ``count_steps`` says whether step counters
     (``optimizer.iterations``, a v1 ``global_step``) count every call ("calls", Horovod's
@@ -50,7 +55,10 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
         return DistributedLegacyOptimizer(optimizer, aggregator, name, use_locking)
     if is_keras_optimizer(optimizer):
         return wrap_keras_optimizer(optimizer, aggregator, name)
+    if is_tf_keras_optimizer(optimizer):
+        return wrap_tf_keras_optimizer(optimizer, aggregator, name)
     raise ValueError(
-        f"DistributedOptimizer supports tf.compat.v1.train optimizers and Keras 3 optimizers, "
+        "DistributedOptimizer supports tf.compat.v1.train optimizers, Keras 3 optimizers and "
+        "tf_keras (Keras 2) optimizers, "
         f"got {type(optimizer).__module__}.{type(optimizer).__name__}."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
+from gradsync.tensorflow.training.wrapping import rebuild_with_mixin
 
 
 class _DistributedKerasOptimizer:
@@ -44,19 +45,10 @@ def wrap_keras_optimizer(optimizer: Any, aggregator: GradientAggregator, name: s
             "gradsync would aggregate a second time. Create the optimizer without it and pass "
             f"backward_passes_per_step={accumulation_steps} to DistributedOptimizer instead."
         )
-    if getattr(optimizer, "built", False) and optimizer.variables:
-        raise ValueError(
-            "DistributedOptimizer needs an optimizer that has not been used yet (its state "
-            "would be lost); wrap it before the first training step."
-        )
-    base = type(optimizer)
-    cls = type(base.__name__, (_DistributedKerasOptimizer, base), {})
-    config = optimizer.get_config()
-    if name is not None:
-        config["name"] = name
-    wrapped = cls.from_config(config)
-    wrapped._gradsync_aggregator = aggregator
-    return wrapped
+    already_used = bool(optimizer.built and optimizer.variables)
+    return rebuild_with_mixin(
+        optimizer, _DistributedKerasOptimizer, aggregator, name, already_used
+    )
 
 
 def is_keras_optimizer(optimizer: Any) -> bool:

@@ -1,0 +1,76 @@
+"""model.fit with gradsync's callbacks, for Keras 3 and tf_keras (TF2 and the v1 session).
+
+Each rank starts from its own random weights and trains on its own data. Reports the weights
+each rank started from, the weights seen right after the broadcast callback, the epoch loss
+before and after metric averaging, and the final weights. Usage: out_dir flavour root_rank
+"""
+
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+out_dir, flavour, root_rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if flavour == "tf_keras_session":
+    tf.compat.v1.disable_eager_execution()
+
+if flavour == "keras":
+    import keras
+
+    import gradsync.tensorflow.keras as gs
+
+    optimizer_family = keras.optimizers
+else:
+    import tf_keras as keras
+
+    import gradsync.tensorflow.tf_keras as gs
+
+    session = flavour == "tf_keras_session"
+    optimizer_family = keras.optimizers.legacy if session else keras.optimizers
+
+from support import report  # noqa: E402
+
+gs.init()
+rank = gs.rank()
+rng = np.random.default_rng(100 + rank)
+x = rng.normal(size=(32, 5)).astype(np.float32)
+y = rng.normal(size=(32, 1)).astype(np.float32)
+model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+model.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()])
+initial = model.get_weights()
+optimizer = gs.DistributedOptimizer(optimizer_family.Adam(0.01), backward_passes_per_step=2)
+model.compile(optimizer=optimizer, loss="mse")
+seen = {}
+
+
+class Record(keras.callbacks.Callback):
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    def on_train_begin(self, logs=None):
+        if self.key == "raw":
+            seen["after_broadcast"] = self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seen[self.key] = float(logs["loss"])
+
+
+callbacks = [
+    gs.callbacks.BroadcastGlobalVariablesCallback(root_rank),
+    Record("raw"),
+    gs.callbacks.MetricAverageCallback(),
+    Record("averaged"),
+]
+model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+report(
+    out_dir,
+    rank,
+    {
+        "initial": [w.tolist() for w in initial],
+        "after_broadcast": [w.tolist() for w in seen["after_broadcast"]],
+        "final": [w.tolist() for w in model.get_weights()],
+        "raw_loss": seen["raw"],
+        "averaged_loss": seen["averaged"],
+    },
+)
