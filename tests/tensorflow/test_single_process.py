@@ -165,3 +165,10 @@ def test_tf_keras_new_family_in_v1_graph_points_to_legacy():
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="supports tf.compat.v1.train optimizers.*got builtins"):
         gs.DistributedOptimizer(object())
+
+
+def test_loss_scale_optimizer_must_be_inside():
+    with pytest.raises(ValueError, match=r"DistributedOptimizer\(LossScaleOptimizer\(opt\)\)"):
+        keras.optimizers.LossScaleOptimizer(gs.DistributedOptimizer(keras.optimizers.SGD(0.1)))
+    inside = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+    assert isinstance(gs.DistributedOptimizer(inside), keras.optimizers.LossScaleOptimizer)

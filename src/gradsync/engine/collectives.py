@@ -33,13 +33,23 @@ def _float16_sum() -> MPI.Op:
     return _FLOAT16_SUM
 
 
+# Large buffers are summed in pieces of this many bytes: MPICH reduces several mid-sized
+# messages much faster than one very large one (between 2 local ranks, 42 MB of float32 took
+# 17 ms in one call and 5 ms in 4 MiB pieces). Every rank cuts the same pieces.
+CHUNK_BYTES = 4 << 20
+
+
 def _sum_in_place(comm: MPI.Comm, buffer: np.ndarray) -> None:
     if comm.Get_size() == 1:
         return
     if buffer.dtype == np.float16:
-        comm.Allreduce(MPI.IN_PLACE, [buffer.view(np.uint16), MPI.UINT16_T], op=_float16_sum())
+        words, datatype, op = buffer.view(np.uint16), MPI.UINT16_T, _float16_sum()
     else:
-        comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        words, datatype, op = buffer, None, MPI.SUM
+    step = max(1, CHUNK_BYTES // buffer.itemsize)
+    for start in range(0, max(words.size, 1), step):
+        piece = words[start : start + step]
+        comm.Allreduce(MPI.IN_PLACE, piece if datatype is None else [piece, datatype], op=op)
 
 
 def _tensor_signature(arrays: Sequence[np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
@@ -95,20 +105,32 @@ def allreduce(
     for array in arrays:
         check_reducible(array.dtype, op, prescale_factor, postscale_factor)
 
-    def execute(comm: MPI.Comm) -> list[np.ndarray]:
+    def reduce(comm: MPI.Comm, flagged: bool) -> tuple[bool, list[np.ndarray] | None]:
         results: list[np.ndarray | None] = [None] * len(arrays)
         final_scale = postscale_factor / (world.size if op is ReduceOp.AVERAGE else 1)
-        for positions in fusion.group_by_dtype(arrays).values():
+        for index, positions in enumerate(fusion.group_by_dtype(arrays).values()):
             members = [arrays[p] for p in positions]
-            buffer = fusion.fuse(members, prescale_factor)
-            _sum_in_place(comm, buffer)
+            first = index == 0
+            buffer = fusion.fuse(members, prescale_factor, extra=1 if first else 0)
+            if first:
+                request.decoy = _decoy(buffer.dtype, buffer.size)
+                buffer[-1] = 0
+                if flagged:
+                    _sum_in_place(comm, buffer)
+                    if buffer[-1] != 0:
+                        return False, None
+                else:
+                    _sum_in_place(comm, buffer[:-1])
+                buffer = buffer[:-1]
+            else:
+                _sum_in_place(comm, buffer)
             if final_scale != 1.0:
                 np.multiply(buffer, final_scale, out=buffer, casting="unsafe")
             for position, view in zip(
                 positions, fusion.unfuse(buffer, [m.shape for m in members]), strict=True
             ):
                 results[position] = view
-        return results  # type: ignore[return-value]
+        return True, results
 
     signature = {
         "op": op.value,
@@ -116,9 +138,27 @@ def allreduce(
         "prescale_factor": prescale_factor,
         "postscale_factor": postscale_factor,
     }
-    return coordinator.run(
-        world, coordinator.Request("allreduce", name, signature, execute, may_wait)
+    request = coordinator.Request(
+        "allreduce",
+        name,
+        signature,
+        execute=lambda comm: reduce(comm, flagged=False)[1],
+        may_wait=may_wait,
+        execute_flagged=(lambda comm: reduce(comm, flagged=True)) if arrays else None,
     )
+    return coordinator.run(world, request)
+
+
+def _decoy(dtype: np.dtype, size: int):
+    """Sends what a rank whose call differs from the predicted one sends: zeros of the
+    predicted first message's size, with its flag element raised."""
+
+    def send(comm: MPI.Comm) -> None:
+        buffer = np.zeros(size, dtype=dtype)
+        buffer[-1] = 1
+        _sum_in_place(comm, buffer)
+
+    return send
 
 
 def broadcast(

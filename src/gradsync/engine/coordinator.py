@@ -6,6 +6,14 @@ proposes and a digest of its signature (operation, dtypes, shapes, root). Becaus
 collective starts with the same header exchange, ranks that disagree, even ones calling
 different collectives, meet in it and all raise the same ``CollectiveMismatchError``.
 
+Once a program's collectives are known, the header round trip is skipped: every rank remembers
+which collective followed which (the same memory on every rank, since it is only updated by
+what all ranks did together), and when the next one is predicted, the data travels at once
+with one flag element appended to its first message. A rank whose call differs from the
+prediction sends a decoy of the predicted message's size with the flag raised, so no MPI call
+ever sees different sizes; everyone then sees the flag, and the ranks fall back to the header
+exchange, which runs the call or reports the mismatch as above.
+
 Requests built in a TensorFlow v1 graph may be executed by several threads in any order within
 one ``Session.run``. They are marked ``may_wait``: when the ranks propose different ones, they
 share the names of all their pending requests and run the smallest name pending everywhere,
@@ -39,6 +47,13 @@ class Request:
     signature: dict[str, Any]
     execute: Callable[[MPI.Comm], Any]
     may_wait: bool = False
+    #: For requests that can travel without a header: runs the collective with a flag element
+    #: of 0 appended to its first message; returns ``(True, result)``, or ``(False, None)``
+    #: when another rank raised the flag (nothing further is then sent).
+    execute_flagged: Callable[[MPI.Comm], tuple[bool, Any]] | None = None
+    #: Set by ``execute_flagged``'s first message: sends zeros of that message's size with the
+    #: flag raised, for a rank whose own call differs from this one.
+    decoy: Callable[[MPI.Comm], None] | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -46,6 +61,11 @@ class Request:
     @property
     def key(self) -> str:
         return f"{self.kind} '{self.name}'"
+
+    @property
+    def token(self) -> tuple[str, str]:
+        """What must be equal on every rank for the call to travel without a header."""
+        return (self.key, _signature_text(self))
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
@@ -71,18 +91,62 @@ _pending_lock = threading.Lock()
 _comm_lock = threading.Lock()
 
 
+@dataclasses.dataclass
+class _Prediction:
+    token: tuple[str, str]
+    decoy: Callable[[MPI.Comm], None]
+
+
+class _History:
+    """Which collective followed which: the same on every rank, updated only by outcomes that
+    every rank observed alike."""
+
+    #: After this many wrong predictions following one collective, stop predicting after it
+    #: (v1 graphs whose concurrent collectives run in a different order each step).
+    MAX_MISSES = 8
+
+    def __init__(self) -> None:
+        self.last: tuple[str, str] | None = None
+        self.successors: dict[tuple[str, str] | None, _Prediction] = {}
+        self.misses: dict[tuple[str, str] | None, int] = {}
+
+    def prediction(self) -> _Prediction | None:
+        return self.successors.get(self.last)
+
+    def executed(self, request: Request) -> None:
+        if request.decoy is not None and self.misses.get(self.last, 0) < self.MAX_MISSES:
+            self.successors[self.last] = _Prediction(request.token, request.decoy)
+        else:
+            self.successors.pop(self.last, None)
+        self.last = request.token
+
+    def missed(self) -> None:
+        self.successors.pop(self.last, None)
+        self.misses[self.last] = self.misses.get(self.last, 0) + 1
+
+    def lost(self) -> None:
+        """The ranks failed with different calls: nothing can be assumed about the next one."""
+        self.last = None
+
+
+_history = _History()
+
+
 def executed_counts() -> dict[str, int]:
-    """How many collectives of each kind this process has executed since ``init()``."""
+    """How many collectives of each kind this process has executed since ``init()``, and how
+    many header exchanges (``"negotiation"``) it took to agree on them."""
     return dict(_executed)
 
 
 def reset() -> None:
-    """Forgets pending requests (used by ``shutdown``)."""
+    """Forgets pending requests and the history of collectives (used by ``shutdown``)."""
+    global _history
     with _pending_lock:
         for request in _pending:
             request.finish(error=RuntimeError("gradsync was shut down"))
         _pending.clear()
         _executed.clear()
+        _history = _History()
 
 
 def run(world: World, request: Request) -> Any:
@@ -99,6 +163,8 @@ def run(world: World, request: Request) -> Any:
                 break
             with _pending_lock:
                 proposal = min(_pending, key=lambda r: r.key)
+            if _run_predicted(world):
+                continue
             give_up = time.monotonic() - started > _stall_timeout()
             progressed = _negotiate_and_run(world, proposal, give_up)
         if not progressed:
@@ -108,8 +174,27 @@ def run(world: World, request: Request) -> Any:
     return request.result
 
 
+def _run_predicted(world: World) -> bool:
+    """Runs the predicted collective without a header if every rank has issued it; returns
+    False when there is no prediction or some rank has not (the header exchange follows)."""
+    prediction = _history.prediction()
+    if prediction is None:
+        return False
+    with _pending_lock:
+        matching = [r for r in _pending if r.token == prediction.token]
+    if matching and matching[0].execute_flagged is not None:
+        request = matching[0]
+        if _complete(request, request.execute_flagged, world.comm):
+            return True
+    else:
+        prediction.decoy(world.comm)
+    _history.missed()
+    return False
+
+
 def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
     """One header round; returns False when the ranks should propose again later."""
+    _executed["negotiation"] = _executed.get("negotiation", 0) + 1
     name_digest, signature_digest = _digest(proposal.key), _digest(_signature_text(proposal))
     header = np.array(
         [
@@ -140,12 +225,24 @@ def _count(request: Request) -> None:
 
 
 def _execute(world: World, request: Request) -> None:
+    _complete(request, lambda comm: (True, request.execute(comm)), world.comm)
+
+
+def _complete(request: Request, run: Callable[[MPI.Comm], tuple[bool, Any]], comm) -> bool:
+    """Runs ``request``; unless ``run`` reports that another rank raised the flag, records it
+    as executed (on every rank alike, even where it failed) and hands over its outcome."""
+    try:
+        completed, result = run(comm)
+        error = None
+    except BaseException as raised:  # noqa: BLE001 - handed to the caller's thread
+        completed, result, error = True, None, raised
+    if not completed:
+        return False
     _take(request)
     _count(request)
-    try:
-        request.finish(result=request.execute(world.comm))
-    except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
-        request.finish(error=error)
+    _history.executed(request)
+    request.finish(result, error)
+    return True
 
 
 _V1_HINT = (
@@ -161,6 +258,7 @@ def _fail_with_descriptions(world: World, request: Request, hint: str = "") -> N
         {"key": request.key, "kind": request.kind, **request.signature}
     )
     _take(request)
+    _history.lost()
     request.finish(error=CollectiveMismatchError(describe_mismatch(descriptions) + hint))
 
 

@@ -19,10 +19,11 @@ def group_by_dtype(arrays: Sequence[np.ndarray]) -> dict[np.dtype, list[int]]:
     return groups
 
 
-def fuse(arrays: Sequence[np.ndarray], scale: float = 1.0) -> np.ndarray:
-    """A new 1-D buffer holding ``arrays`` (all of one dtype) end to end, times ``scale``."""
+def fuse(arrays: Sequence[np.ndarray], scale: float = 1.0, extra: int = 0) -> np.ndarray:
+    """A new 1-D buffer holding ``arrays`` (all of one dtype) end to end, times ``scale``,
+    then ``extra`` uninitialized elements for the caller."""
     dtype = arrays[0].dtype
-    buffer = np.empty(sum(a.size for a in arrays), dtype=dtype)
+    buffer = np.empty(sum(a.size for a in arrays) + extra, dtype=dtype)
     offset = 0
     for array in arrays:
         segment = buffer[offset : offset + array.size]

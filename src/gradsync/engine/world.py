@@ -7,6 +7,7 @@ every collective returns its input.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import sys
@@ -72,32 +73,52 @@ def init(comm: MPI.Comm | None = None) -> None:
     Call once, on every rank, before any collective. ``comm`` restricts gradsync to a
     sub-communicator; by default it spans every process of the MPI job. Calling ``init`` again
     while initialized does nothing. While initialized, an uncaught exception on any rank ends
-    the whole job, so a failed worker never leaves the others waiting in a collective.
+    the whole job, so a failed worker never leaves the others waiting in a collective, and a
+    rank that ends its program takes part in a last collective, so that ranks still waiting
+    in another one get a ``CollectiveMismatchError`` instead of waiting forever.
     """
     global _world, _previous_excepthook
     with _lock:
         if _world is not None:
             return
         _world = _make_world(comm if comm is not None else MPI.COMM_WORLD)
+        atexit.register(shutdown)
         if os.environ.get("GRADSYNC_ABORT_ON_ERROR", "1") != "0":
             _previous_excepthook = sys.excepthook
             sys.excepthook = _abort_on_uncaught_exception
 
 
 def shutdown() -> None:
-    """Leaves the world; ``init()`` may be called again afterwards."""
-    global _world, _previous_excepthook
-    with _lock:
-        if _world is None:
-            return
-        from gradsync.engine import coordinator
+    """Leaves the world, together with the other ranks; ``init()`` may be called again.
 
-        coordinator.reset()
-        _world.comm.Free()
-        _world = None
-        if _previous_excepthook is not None:
-            sys.excepthook = _previous_excepthook
-            _previous_excepthook = None
+    Leaving is a collective, which returns once every rank has left: a rank that is still
+    issuing other collectives gets a ``CollectiveMismatchError`` naming this one for each of
+    them, instead of waiting forever for this rank.
+    """
+    global _world, _previous_excepthook
+    from gradsync.engine import coordinator
+    from gradsync.engine.errors import CollectiveMismatchError
+
+    world = _world
+    if world is None:
+        return
+    atexit.unregister(shutdown)
+    try:
+        while True:
+            leave = coordinator.Request("shutdown", "world", {}, lambda comm: None)
+            try:
+                coordinator.run(world, leave)
+                break
+            except CollectiveMismatchError:
+                continue  # the others were told; wait for them to leave too
+    finally:
+        with _lock:
+            coordinator.reset()
+            world.comm.Free()
+            _world = None
+            if _previous_excepthook is not None:
+                sys.excepthook = _previous_excepthook
+                _previous_excepthook = None
 
 
 def is_initialized() -> bool:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import tensorflow as tf
 
+from gradsync.engine import rank, size
 from gradsync.tensorflow.ops import mark_rank_local
 from gradsync.tensorflow.ops.bridge import in_v1_graph
 from gradsync.tensorflow.ops.collectives import RANK_LOCAL_COLLECTION
@@ -84,8 +85,15 @@ def _static_shape(gradient: tf.Tensor, variable: Any) -> tf.TensorShape:
     return shape
 
 
-class GradientAggregator:
-    """Accumulates gradients over ``backward_passes_per_step`` calls, then allreduces them."""
+class GradientAggregator(tf.Module):
+    """Accumulates gradients over ``backward_passes_per_step`` calls, then allreduces them.
+
+    Its state (``counter``, ``accumulators``, and ``origin``: the rank and world size that
+    started the current window) is tracked, so a ``tf.train.Checkpoint`` of the optimizer or
+    tape that holds the aggregator saves and restores it; in a v1 graph it is in
+    ``GLOBAL_VARIABLES`` for a ``Saver``. The state is per rank: a window resumed mid-way must
+    be resumed by the rank that saved it, in a world of the same size.
+    """
 
     def __init__(
         self,
@@ -96,6 +104,7 @@ class GradientAggregator:
         count_steps: CountSteps = "calls",
         name: str = "gradient_aggregation",
     ) -> None:
+        super().__init__(name=name)
         self.backward_passes_per_step = check_backward_passes_per_step(backward_passes_per_step)
         self.count_steps = check_count_steps(count_steps)
         self.average_aggregated_gradients = bool(average_aggregated_gradients)
@@ -103,12 +112,8 @@ class GradientAggregator:
         self._allreduce = allreduce_func
         self._name = name
         self.counter: tf.Variable | None = None
+        self.origin: tf.Variable | None = None
         self.accumulators: list[tf.Variable] = []
-
-    @property
-    def variables(self) -> list[tf.Variable]:
-        """The aggregation state: the counter and the accumulators (empty until first use)."""
-        return [] if self.counter is None else [self.counter, *self.accumulators]
 
     @property
     def aggregates(self) -> bool:
@@ -136,11 +141,14 @@ class GradientAggregator:
                 )
             return
         self.counter = _new_state_variable([], tf.int64, f"{self._name}_counter")
-        self.accumulators = [
-            _new_state_variable(_static_shape(g, v), g.dtype, f"{self._name}_accumulator_{i}")
-            for i, (g, v) in enumerate(zip(gradients, variables, strict=True))
-        ]
+        self.origin = _new_state_variable([2], tf.int64, f"{self._name}_origin")
+        for i, (g, v) in enumerate(zip(gradients, variables, strict=True)):
+            # Appended one by one, so that a checkpoint restores each as it is created.
+            self.accumulators.append(
+                _new_state_variable(_static_shape(g, v), g.dtype, f"{self._name}_accumulator_{i}")
+            )
 
+    @tf.autograph.experimental.do_not_convert  # control flow here is explicit tf.cond
     def compute_gradients(
         self, gradients: Sequence[Any], variables: Sequence[Any] | None = None
     ) -> list[tf.Tensor | None]:
@@ -160,14 +168,18 @@ class GradientAggregator:
         self._build(present, [variables[i] for i in positions])
 
         pairs = list(zip(self.accumulators, present, strict=True))
+        here = tf.constant([rank(), size()], tf.int64)
 
         def restart_window():
-            return _done_after([a.assign(g, read_value=False) for a, g in pairs])
+            assigns = [a.assign(g, read_value=False) for a, g in pairs]
+            return _done_after([*assigns, self.origin.assign(here, read_value=False)])
 
         def add_to_window():
             return _done_after([a.assign_add(g, read_value=False) for a, g in pairs])
 
-        accumulated = tf.cond(tf.equal(self.counter, 0), restart_window, add_to_window)
+        with tf.control_dependencies([self._check_origin(here)]):
+            window_start = tf.equal(self.counter, 0)
+        accumulated = tf.cond(window_start, restart_window, add_to_window)
         with tf.control_dependencies([accumulated]):
             count = self.counter.assign_add(1)
         outputs = tf.cond(
@@ -181,6 +193,24 @@ class GradientAggregator:
         for position, output in zip(positions, outputs, strict=True):
             results[position] = output
         return results
+
+    def _check_origin(self, here: tf.Tensor) -> tf.Operation:
+        """Refuses to continue a window that another rank, or a world of another size, began
+        (a checkpoint restored mid-window on the wrong rank)."""
+        same_origin = tf.reduce_all(tf.equal(self.origin, here))
+        return tf.debugging.Assert(
+            tf.logical_or(tf.equal(self.counter, 0), same_origin),
+            [
+                f"{self._name}: this window of backward_passes_per_step="
+                f"{self.backward_passes_per_step} was begun by [rank, world size] =",
+                self.origin.read_value(),
+                "and cannot be continued by",
+                here,
+                ". Restore on every rank the checkpoint that it saved, in a world of the same "
+                "size, or resume from a checkpoint saved at the end of a window.",
+            ],
+            name="check_aggregation_origin",
+        )
 
     def _synchronize(self, variables: Sequence[Any]) -> list[tf.Tensor]:
         window = [accumulator.read_value() for accumulator in self.accumulators]
@@ -202,6 +232,7 @@ class GradientAggregator:
         with tf.control_dependencies(dependencies):
             return tf.equal(self.counter.read_value(), 0)
 
+    @tf.autograph.experimental.do_not_convert
     def apply_or_skip(
         self,
         apply: Callable[[], Any],

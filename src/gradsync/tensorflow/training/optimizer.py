@@ -31,6 +31,7 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     gradient_predivide_factor: float = 1.0,
     average_aggregated_gradients: bool = False,
     count_steps: CountSteps = "calls",
+    raise_on_non_finite: bool = False,
 ) -> Any:
     """Wraps ``optimizer`` so that every update uses gradients averaged (or summed) over ranks.
 
@@ -41,11 +42,15 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     by N when ``average_aggregated_gradients``. ``count_steps`` says whether step counters
     (``optimizer.iterations``, a v1 ``global_step``) count every call ("calls", Horovod's
     behaviour) or applied updates only ("updates").
+    ``raise_on_non_finite`` raises an error naming the variable whose reduced gradient holds
+    an inf or NaN, instead of applying it.
     ``device_dense`` and ``device_sparse`` are accepted for compatibility and ignored.
     """
     aggregator = GradientAggregator(
         backward_passes_per_step,
-        make_gradient_allreducer(op, compression, sparse_as_dense, gradient_predivide_factor),
+        make_gradient_allreducer(
+            op, compression, sparse_as_dense, gradient_predivide_factor, raise_on_non_finite
+        ),
         sparse_as_dense=sparse_as_dense,
         average_aggregated_gradients=average_aggregated_gradients,
         count_steps=count_steps,

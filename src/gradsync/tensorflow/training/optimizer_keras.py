@@ -19,6 +19,18 @@ class _DistributedKerasOptimizer:
 
     _gradsync_aggregator: GradientAggregator
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A LossScaleOptimizer clears loss_scale_factor on the optimizer it wraps: refuse to be
+        # wrapped, since a rank skipping a non-finite micro-step alone would leave the others.
+        if name == "loss_scale_factor" and "_gradsync_aggregator" in self.__dict__:
+            raise ValueError(
+                "a LossScaleOptimizer cannot wrap a DistributedOptimizer: a rank that skipped "
+                "a non-finite micro-step on its own would fall out of step with the others. "
+                "Wrap it the other way round: DistributedOptimizer(LossScaleOptimizer(opt)); "
+                "model.compile keeps that as it is under mixed precision."
+            )
+        super().__setattr__(name, value)
+
     def apply(self, grads, trainable_variables=None):
         """Aggregates and allreduces ``grads``; updates only on the call that synchronized."""
         if trainable_variables is None:

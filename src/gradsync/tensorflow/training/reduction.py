@@ -21,17 +21,32 @@ def densify(gradient, sparse_as_dense: bool):
     return gradient
 
 
+def _check_finite(gradient, variable):
+    if isinstance(gradient, tf.IndexedSlices) or not gradient.dtype.is_floating:
+        return gradient
+    name = getattr(variable, "name", None) or "(unnamed)"
+    return tf.debugging.check_numerics(
+        gradient,
+        f"The gradient of variable {name}, reduced over ranks, is not finite; nothing was "
+        "applied. Lower the learning rate, clip the gradients, or put a LossScaleOptimizer "
+        "inside DistributedOptimizer to skip such steps.",
+    )
+
+
 def make_gradient_allreducer(
     op: ReduceOp = ReduceOp.AVERAGE,
     compression: Compressor = Compression.none,
     sparse_as_dense: bool = False,
     gradient_predivide_factor: float = 1.0,
+    raise_on_non_finite: bool = False,
 ) -> GradientAllreducer:
     """Returns ``allreduce(grads, variables)``: one fused allreduce of the non-None gradients.
 
     ``gradient_predivide_factor`` splits an average into a division by the factor before the
     sum and by ``size / factor`` after it (for the range of low-precision gradients).
-    None gradients stay None in their positions.
+    None gradients stay None in their positions. With ``raise_on_non_finite``, a reduced
+    gradient holding an inf or NaN raises an error naming its variable, the same on every
+    rank, before anything is applied.
     """
     op = check_reduce_op(op)
     compression = check_compression(compression)
@@ -54,6 +69,11 @@ def make_gradient_allreducer(
         reduced = grouped_allreduce(
             present, reduce_op, prescale, postscale, compression, "gradients"
         )
+        if raise_on_non_finite:
+            reduced = [
+                _check_finite(value, variables[i])
+                for i, value in zip(positions, reduced, strict=True)
+            ]
         results = [None] * len(gradients)
         for position, value in zip(positions, reduced, strict=True):
             results[position] = value

@@ -46,33 +46,33 @@ class DistributedGradientTape:
         average_aggregated_gradients: bool = False,
         count_steps: CountSteps = "calls",
         aggregator: GradientAggregator | None = None,
+        raise_on_non_finite: bool = False,
     ) -> None:
         self._tape = gradtape
         check_backward_passes_per_step(backward_passes_per_step)
         self._aggregator = aggregator
-        self._settings = (
+        self._reduction = (
             op,
             compression,
             sparse_as_dense,
             gradient_predivide_factor,
-            backward_passes_per_step,
-            average_aggregated_gradients,
-            count_steps,
+            raise_on_non_finite,
         )
+        self._aggregation = (backward_passes_per_step, average_aggregated_gradients, count_steps)
         # Refuse bad settings here, at construction, rather than at the first gradient().
-        make_gradient_allreducer(op, compression, sparse_as_dense, gradient_predivide_factor)
+        make_gradient_allreducer(*self._reduction)
         check_count_steps(count_steps)
 
     def _aggregator_for(self, sources: list) -> GradientAggregator:
         if self._aggregator is None:
-            key = (tuple(id(s) for s in sources), self._settings)
+            key = (tuple(id(s) for s in sources), self._reduction, self._aggregation)
             if key not in _SHARED_AGGREGATORS:
-                op, compression, sparse, predivide, passes, average, count = self._settings
+                passes, average, count = self._aggregation
                 _SHARED_AGGREGATORS[key] = (
                     GradientAggregator(
                         passes,
-                        make_gradient_allreducer(op, compression, sparse, predivide),
-                        sparse_as_dense=sparse,
+                        make_gradient_allreducer(*self._reduction),
+                        sparse_as_dense=self._reduction[2],
                         average_aggregated_gradients=average,
                         count_steps=count,
                         name="gradient_tape_aggregation",
