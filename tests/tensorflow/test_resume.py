@@ -11,7 +11,7 @@ from support import run_ranks
 WORKER = Path(__file__).parent / "workers" / "resume_worker.py"
 
 
-@pytest.mark.parametrize("mode", ["keras_function", "legacy_graph"])
+@pytest.mark.parametrize("mode", ["keras_function", "keras_file", "legacy_graph"])
 def test_resume_mid_window_matches_uninterrupted_run(tmp_path, mode):
     checkpoints = tmp_path / "checkpoints"
     full = run_ranks(WORKER, 2, tmp_path / "full", mode, "full", str(checkpoints))
@@ -25,7 +25,7 @@ def test_resume_mid_window_matches_uninterrupted_run(tmp_path, mode):
     # restored, since the window's update is applied after the resume.
 
 
-@pytest.mark.parametrize("mode", ["keras_function", "legacy_graph"])
+@pytest.mark.parametrize("mode", ["keras_function", "keras_file", "legacy_graph"])
 def test_resume_mid_window_in_another_world_size_is_refused(tmp_path, mode):
     checkpoints = tmp_path / "checkpoints"
     run_ranks(WORKER, 2, tmp_path / "save", mode, "save", str(checkpoints))

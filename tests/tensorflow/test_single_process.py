@@ -172,3 +172,29 @@ def test_loss_scale_optimizer_must_be_inside():
         keras.optimizers.LossScaleOptimizer(gs.DistributedOptimizer(keras.optimizers.SGD(0.1)))
     inside = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
     assert isinstance(gs.DistributedOptimizer(inside), keras.optimizers.LossScaleOptimizer)
+
+
+def test_load_model_brings_back_the_distributed_optimizer(tmp_path):
+    from gradsync.tensorflow.keras import load_model
+
+    def saved(optimizer):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), batch_size=1, verbose=0)
+        path = str(tmp_path / f"{len(list(tmp_path.iterdir()))}.keras")
+        model.save(path)
+        return path
+
+    distributed = saved(
+        gs.DistributedOptimizer(
+            keras.optimizers.SGD(0.1), compression=gs.Compression.fp16, backward_passes_per_step=3
+        )
+    )
+    loaded = load_model(distributed).optimizer
+    assert loaded._gradsync_settings["compression"] == "fp16"
+    assert loaded._gradsync_aggregator.backward_passes_per_step == 3
+    assert int(loaded._gradsync_aggregator.counter.numpy()) == 4 % 3
+    overridden = load_model(distributed, backward_passes_per_step=2).optimizer
+    assert overridden._gradsync_aggregator.backward_passes_per_step == 2
+    plain = load_model(saved(keras.optimizers.SGD(0.1))).optimizer
+    assert type(plain) is keras.optimizers.SGD

@@ -8,6 +8,7 @@ Reports the weights and the step counter, or the error a resume produced.
 Usage: out_dir mode phase checkpoint_dir
 """
 
+import os
 import sys
 
 import numpy as np
@@ -66,13 +67,23 @@ if mode == "legacy_graph":
             saver.save(session, path)
         weights, iterations = session.run([w, step_counter])
 else:
-    w = tf.Variable(W0)
-    optimizer = gs.DistributedOptimizer(
-        keras.optimizers.Adam(0.05), backward_passes_per_step=N, count_steps="updates"
-    )
-    checkpoint = tf.train.Checkpoint(w=w, optimizer=optimizer)
+    from gradsync.tensorflow.keras import load_model
+
+    if mode == "keras_file" and phase.startswith("resume"):
+        model = load_model(f"{path}.keras")
+        optimizer = model.optimizer
+    else:
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, use_bias=False)])
+        model.layers[0].set_weights([W0])
+        optimizer = gs.DistributedOptimizer(
+            keras.optimizers.Adam(0.05), backward_passes_per_step=N, count_steps="updates"
+        )
+        model.compile(optimizer=optimizer, loss="mse")
+    w = model.layers[0].kernel
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     # Restored as the optimizer's and the aggregator's variables are created, on the first step.
-    restored = checkpoint.read(path) if phase.startswith("resume") else None
+    resuming = phase.startswith("resume") and mode == "keras_function"
+    restored = checkpoint.read(path) if resuming else None
 
     @tf.function
     def train(x):
@@ -88,7 +99,10 @@ else:
     else:
         if restored is not None:
             restored.assert_consumed()
-    if phase.startswith("save"):
+    if phase.startswith("save") and mode == "keras_file":
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        model.save(f"{path}.keras")
+    elif phase.startswith("save"):
         checkpoint.write(path)
     weights, iterations = w.numpy(), optimizer.iterations.numpy()
 

@@ -22,6 +22,7 @@ from gradsync.tensorflow import (
     size,
 )
 from gradsync.tensorflow.keras import callbacks
+from gradsync.tensorflow.keras.saving import load_model
 from gradsync.tensorflow.training import DistributedOptimizer
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "callbacks",
     "init",
     "is_initialized",
+    "load_model",
     "local_rank",
     "local_size",
     "rank",

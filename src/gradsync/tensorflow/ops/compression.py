@@ -56,3 +56,11 @@ def check_compression(compression: object) -> Compressor:
         f"compression must be Compression.none or Compression.fp16 (or a Compressor), "
         f"got {compression!r}."
     )
+
+
+def compression_name(compression: Compressor) -> str | None:
+    """``"none"`` or ``"fp16"`` for gradsync's compressors, None for any other."""
+    for name in ("none", "fp16"):
+        if getattr(Compression, name) is compression:
+            return name
+    return None

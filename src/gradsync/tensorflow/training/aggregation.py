@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import tensorflow as tf
 
 from gradsync.engine import rank, size
@@ -115,6 +116,23 @@ class GradientAggregator(tf.Module):
         self.origin: tf.Variable | None = None
         self.accumulators: list[tf.Variable] = []
 
+    def state(self) -> list[tf.Variable]:
+        """The counter, the origin and the accumulators, in that order (none before use)."""
+        return [] if self.counter is None else [self.counter, self.origin, *self.accumulators]
+
+    def restore_state(self, values: Sequence[Any]) -> None:
+        """Sets the state to ``values`` (as ordered by ``state()``), creating it if needed."""
+        values = [np.asarray(v) for v in values]
+        if self.counter is None:
+            self._create_state([(v.shape, tf.as_dtype(v.dtype)) for v in values[2:]])
+        if len(values) != len(self.state()):
+            raise ValueError(
+                f"{self._name}: the saved state has {len(values) - 2} accumulators, this "
+                f"optimizer has {len(self.accumulators)}; it was saved for another model."
+            )
+        for variable, value in zip(self.state(), values, strict=True):
+            variable.assign(value)
+
     @property
     def aggregates(self) -> bool:
         """Whether gradients are accumulated at all (N > 1)."""
@@ -140,12 +158,17 @@ class GradientAggregator(tf.Module):
                     "must stay the same from call to call."
                 )
             return
+        self._create_state(
+            [(_static_shape(g, v), g.dtype) for g, v in zip(gradients, variables, strict=True)]
+        )
+
+    def _create_state(self, accumulator_layouts: Sequence[tuple[Any, tf.DType]]) -> None:
         self.counter = _new_state_variable([], tf.int64, f"{self._name}_counter")
         self.origin = _new_state_variable([2], tf.int64, f"{self._name}_origin")
-        for i, (g, v) in enumerate(zip(gradients, variables, strict=True)):
+        for i, (shape, dtype) in enumerate(accumulator_layouts):
             # Appended one by one, so that a checkpoint restores each as it is created.
             self.accumulators.append(
-                _new_state_variable(_static_shape(g, v), g.dtype, f"{self._name}_accumulator_{i}")
+                _new_state_variable(shape, dtype, f"{self._name}_accumulator_{i}")
             )
 
     @tf.autograph.experimental.do_not_convert  # control flow here is explicit tf.cond

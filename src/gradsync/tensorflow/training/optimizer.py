@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from gradsync.engine.reduce_ops import ReduceOp
 from gradsync.tensorflow.ops import Compression, Compressor
+from gradsync.tensorflow.ops.compression import compression_name
 from gradsync.tensorflow.training.aggregation import CountSteps, GradientAggregator
 from gradsync.tensorflow.training.optimizer_keras import is_keras_optimizer, wrap_keras_optimizer
 from gradsync.tensorflow.training.optimizer_tf_keras import (
@@ -59,7 +60,18 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     if isinstance(optimizer, tf.compat.v1.train.Optimizer):
         return DistributedLegacyOptimizer(optimizer, aggregator, name, use_locking)
     if is_keras_optimizer(optimizer):
-        return wrap_keras_optimizer(optimizer, aggregator, name)
+        settings = {
+            "name": name,
+            "compression": compression_name(compression),
+            "sparse_as_dense": sparse_as_dense,
+            "backward_passes_per_step": backward_passes_per_step,
+            "op": op.value,
+            "gradient_predivide_factor": gradient_predivide_factor,
+            "average_aggregated_gradients": average_aggregated_gradients,
+            "count_steps": count_steps,
+            "raise_on_non_finite": raise_on_non_finite,
+        }
+        return wrap_keras_optimizer(optimizer, aggregator, name, settings)
     if is_tf_keras_optimizer(optimizer):
         return wrap_tf_keras_optimizer(optimizer, aggregator, name)
     raise ValueError(
@@ -67,3 +79,19 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
         "tf_keras (Keras 2) optimizers, "
         f"got {type(optimizer).__module__}.{type(optimizer).__name__}."
     )
+
+
+def distributed_optimizer_from_settings(
+    optimizer: Any, settings: dict[str, Any], overrides: dict[str, Any]
+) -> Any:
+    """``DistributedOptimizer(optimizer, ...)`` with the settings a Keras file saved, where
+    ``overrides`` (keyword arguments of ``DistributedOptimizer``) replace some of them."""
+    arguments = dict(settings)
+    arguments["op"] = ReduceOp(arguments["op"])
+    if arguments["compression"] is None and "compression" not in overrides:
+        raise ValueError(
+            "the optimizer was saved with a custom Compressor, which a file cannot hold: pass "
+            "compression=... to load_model."
+        )
+    arguments["compression"] = getattr(Compression, arguments["compression"] or "none")
+    return DistributedOptimizer(optimizer, **{**arguments, **overrides})

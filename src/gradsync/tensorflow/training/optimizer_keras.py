@@ -15,9 +15,32 @@ from gradsync.tensorflow.training.wrapping import rebuild_with_mixin
 
 
 class _DistributedKerasOptimizer:
-    """Mixin placed before the user's optimizer class in the wrapped optimizer's MRO."""
+    """Mixin placed before the user's optimizer class in the wrapped optimizer's MRO.
+
+    Besides synchronizing, it saves gradsync's settings in the optimizer's config and the
+    aggregation state after the optimizer's own variables in a Keras file, so that
+    ``gradsync.tensorflow.keras.load_model`` brings both back.
+    """
 
     _gradsync_aggregator: GradientAggregator
+    _gradsync_settings: dict[str, Any]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "gradsync": dict(self._gradsync_settings)}
+
+    def save_own_variables(self, store) -> None:
+        super().save_own_variables(store)
+        first = len(self.variables)
+        for i, variable in enumerate(self._gradsync_aggregator.state(), start=first):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store) -> None:
+        own, saved = len(self.variables), len(store.keys())
+        if own == 0 or saved <= own:  # not built yet, or saved without aggregation state
+            super().load_own_variables(store)
+            return
+        super().load_own_variables({str(i): store[str(i)] for i in range(own)})
+        self._gradsync_aggregator.restore_state([store[str(i)] for i in range(own, saved)])
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A LossScaleOptimizer clears loss_scale_factor on the optimizer it wraps: refuse to be
@@ -48,8 +71,13 @@ class _DistributedKerasOptimizer:
         )
 
 
-def wrap_keras_optimizer(optimizer: Any, aggregator: GradientAggregator, name: str | None) -> Any:
-    """A new optimizer with ``optimizer``'s class and configuration that synchronizes."""
+def wrap_keras_optimizer(
+    optimizer: Any, aggregator: GradientAggregator, name: str | None, settings: dict[str, Any]
+) -> Any:
+    """A new optimizer with ``optimizer``'s class and configuration that synchronizes.
+
+    ``settings`` are the JSON-serializable DistributedOptimizer arguments, kept in its config.
+    """
     accumulation_steps = getattr(optimizer, "gradient_accumulation_steps", None)
     if accumulation_steps:
         raise ValueError(
@@ -58,9 +86,11 @@ def wrap_keras_optimizer(optimizer: Any, aggregator: GradientAggregator, name: s
             f"backward_passes_per_step={accumulation_steps} to DistributedOptimizer instead."
         )
     already_used = bool(optimizer.built and optimizer.variables)
-    return rebuild_with_mixin(
+    wrapped = rebuild_with_mixin(
         optimizer, _DistributedKerasOptimizer, aggregator, name, already_used
     )
+    wrapped._gradsync_settings = settings
+    return wrapped
 
 
 def is_keras_optimizer(optimizer: Any) -> bool:
