@@ -64,6 +64,13 @@ def test_failed_worker_ends_the_job(failure):
     assert process.returncode != 0
     assert elapsed < 30, f"the job took {elapsed:.0f}s to end"
     assert "finished" not in out
+    # The failed rank is named: by its own last words, by the others, or by gradsyncrun.
+    named = {
+        "raise": r"gradsync: rank 1 failed with RuntimeError",
+        "exit": r"rank 1 called shutdown 'world'|MPI_Abort\(MPI_COMM_WORLD, 3\) - process 1",
+        "kill": r"gradsyncrun: rank 1 \(pid \d+\) ended first, without reporting an error",
+    }[failure]
+    assert re.search(named, err), err[-3000:]
     if failure == "raise":
         assert "boom on rank 1" in err
     leftover = subprocess.run(["pgrep", "-f", str(WORKER)], capture_output=True, text=True)

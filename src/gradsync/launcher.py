@@ -5,7 +5,8 @@
 
 It runs the MPI's own ``mpiexec`` (the one installed beside this Python, else the first on
 ``PATH``, else ``--mpiexec``), passing the command as an argument list, never through a shell.
-When any worker fails, the job is ended and ``gradsyncrun`` exits non-zero.
+When any worker fails, the job is ended and ``gradsyncrun`` exits non-zero; a worker that
+died without a word (killed by a signal, or crashed) is named by its rank.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from gradsync.roll_call import SOCKET_VARIABLE, Listener
 
 _HOST = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)(?::(?P<slots>[0-9]+))?$")
 
@@ -125,14 +129,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_command(options.np, hosts, options.command, mpiexec, mpi_flavor(mpiexec))
     except LaunchError as error:
         parser.error(str(error))
-    process = subprocess.Popen(args, env=os.environ.copy())
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda s, _f: process.send_signal(s))
-    code = process.wait()
-    if code != 0:
-        sys.stderr.write(f"gradsyncrun: the job failed (exit status {code}).\n")
-        return code if code > 0 else 128 - code
-    return 0
+    with tempfile.TemporaryDirectory(prefix="gradsyncrun-") as directory:
+        roll_call = Listener(os.path.join(directory, "roll_call"))
+        environment = {**os.environ, SOCKET_VARIABLE: roll_call.path}
+        process = subprocess.Popen(args, env=environment)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda s, _f: process.send_signal(s))
+        code = process.wait()
+        silent = roll_call.died_without_a_word()
+    if code == 0:
+        return 0
+    if silent is not None:
+        sys.stderr.write(
+            f"gradsyncrun: {silent} ended first, without reporting an error: it was killed "
+            "by a signal or crashed (for example out of memory, or a segmentation fault).\n"
+        )
+    sys.stderr.write(f"gradsyncrun: the job failed (exit status {code}).\n")
+    return code if code > 0 else 128 - code
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ import dataclasses
 import os
 import sys
 import threading
+import time
 
 from mpi4py import MPI
 
+from gradsync import roll_call
 from gradsync.engine.errors import NotInitializedError
 
 
@@ -64,6 +66,9 @@ def _abort_on_uncaught_exception(exc_type, exc, tb) -> None:
             f"gradsync: rank {world.rank} failed with {exc_type.__name__}; ending the job.\n"
         )
         sys.stderr.flush()
+        sys.stdout.flush()
+        roll_call.leaving()
+        time.sleep(0.5)  # lets the launcher forward the error before the job is torn down
         MPI.COMM_WORLD.Abort(1)
 
 
@@ -82,6 +87,7 @@ def init(comm: MPI.Comm | None = None) -> None:
         if _world is not None:
             return
         _world = _make_world(comm if comm is not None else MPI.COMM_WORLD)
+        roll_call.answer(_world.rank)
         atexit.register(shutdown)
         if os.environ.get("GRADSYNC_ABORT_ON_ERROR", "1") != "0":
             _previous_excepthook = sys.excepthook
@@ -103,6 +109,7 @@ def shutdown() -> None:
     if world is None:
         return
     atexit.unregister(shutdown)
+    roll_call.leaving()
     try:
         while True:
             leave = coordinator.Request("shutdown", "world", {}, lambda comm: None)
