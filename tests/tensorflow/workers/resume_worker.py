@@ -75,21 +75,31 @@ else:
     else:
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, use_bias=False)])
         model.layers[0].set_weights([W0])
-        optimizer = gs.DistributedOptimizer(
-            keras.optimizers.Adam(0.05), backward_passes_per_step=N, count_steps="updates"
-        )
+        optimizer = keras.optimizers.Adam(0.05)
+        if mode != "tape_function":
+            optimizer = gs.DistributedOptimizer(
+                optimizer, backward_passes_per_step=N, count_steps="updates"
+            )
         model.compile(optimizer=optimizer, loss="mse")
     w = model.layers[0].kernel
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    # The tape's window lives in an aggregator made here, so that the checkpoint can hold it.
+    aggregator = gs.LocalGradientAggregationHelperEager(
+        N, lambda grads, _: gs.grouped_allreduce(grads), count_steps="updates"
+    )
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, aggregator=aggregator)
     # Restored as the optimizer's and the aggregator's variables are created, on the first step.
-    resuming = phase.startswith("resume") and mode == "keras_function"
+    resuming = phase.startswith("resume") and mode != "keras_file"
     restored = checkpoint.read(path) if resuming else None
 
     @tf.function
     def train(x):
         with tf.GradientTape() as tape:
             loss = loss_of(w, x)
-        optimizer.apply_gradients([(tape.gradient(loss, w), w)])
+        if mode == "tape_function":
+            tape = gs.DistributedGradientTape(tape, aggregator=aggregator)
+            tape.apply_gradients(optimizer, [(tape.gradient(loss, w), w)])
+        else:
+            optimizer.apply_gradients([(tape.gradient(loss, w), w)])
 
     try:
         for k in steps:
