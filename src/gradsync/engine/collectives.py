@@ -7,6 +7,7 @@ per dtype, however many arrays there are.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,8 +53,13 @@ def _sum_in_place(comm: MPI.Comm, buffer: np.ndarray) -> None:
         comm.Allreduce(MPI.IN_PLACE, piece if datatype is None else [piece, datatype], op=op)
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)
+
+
 def _tensor_signature(arrays: Sequence[np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(str(a.dtype), tuple(a.shape)) for a in arrays]
+    return [(_dtype_name(a.dtype), a.shape) for a in arrays]
 
 
 def check_root_rank(root_rank: object, world_size: int) -> int:
@@ -102,8 +108,8 @@ def allreduce(
     world = current("allreduce")
     op = check_reduce_op(op)
     arrays = [np.asarray(a) for a in arrays]
-    for array in arrays:
-        check_reducible(array.dtype, op, prescale_factor, postscale_factor)
+    for dtype in {array.dtype for array in arrays}:
+        check_reducible(dtype, op, prescale_factor, postscale_factor)
 
     def reduce(comm: MPI.Comm, flagged: bool) -> tuple[bool, list[np.ndarray] | None]:
         results: list[np.ndarray | None] = [None] * len(arrays)

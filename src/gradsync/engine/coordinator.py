@@ -24,6 +24,7 @@ persists for ``GRADSYNC_STALL_TIMEOUT`` seconds (default 60) becomes an error.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import threading
@@ -62,7 +63,7 @@ class Request:
     def key(self) -> str:
         return f"{self.kind} '{self.name}'"
 
-    @property
+    @functools.cached_property
     def token(self) -> tuple[str, str]:
         """What must be equal on every rank for the call to travel without a header."""
         return (self.key, _signature_text(self))
@@ -195,7 +196,7 @@ def _run_predicted(world: World) -> bool:
 def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
     """One header round; returns False when the ranks should propose again later."""
     _executed["negotiation"] = _executed.get("negotiation", 0) + 1
-    name_digest, signature_digest = _digest(proposal.key), _digest(_signature_text(proposal))
+    name_digest, signature_digest = _digest(proposal.key), _digest(proposal.token[1])
     header = np.array(
         [
             name_digest,
