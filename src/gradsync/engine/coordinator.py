@@ -70,6 +70,9 @@ class Request:
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
+        # The execute closures may refer back to this request: dropping them breaks the cycle,
+        # so that the arrays they hold are freed now rather than at the next garbage collection.
+        self.execute = self.execute_flagged = None  # type: ignore[assignment]
         self.done.set()
 
 

@@ -27,7 +27,10 @@ gs.init()
 rng = np.random.default_rng(gs.rank())
 x = tf.constant(rng.normal(size=(16, 32)).astype(np.float32))
 y = tf.constant(rng.normal(size=(16, 1)).astype(np.float32))
-model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64), keras.layers.Dense(1)])
+# About 1.1M parameters: a gradient set of 4.4 MB, so that keeping one per step would show.
+model = keras.Sequential(
+    [keras.Input((32,)), keras.layers.Dense(1024), keras.layers.Dense(1024), keras.layers.Dense(1)]
+)
 optimizer = gs.DistributedOptimizer(keras.optimizers.Adam(1e-3), backward_passes_per_step=4)
 
 
