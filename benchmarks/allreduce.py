@@ -1,0 +1,118 @@
+"""Item 1: the allreduce path against raw mpi4py on one numpy buffer of the same bytes.
+
+Run on 2 ranks (``mpiexec -n 2 python benchmarks/allreduce.py --out r.json``). For each total
+size, about 60 float32 tensors of mixed sizes are summed across ranks by: the engine on numpy
+arrays, ``grouped_allreduce`` eagerly, inside ``tf.function`` and in a v1 graph Session, and
+Keras's SGD wrapped by ``DistributedOptimizer`` (sync step minus the same local step). The
+reference, timed in the same repeats, is mpi4py's in-place ``Allreduce`` on one buffer; the
+same buffer reduced in 4 MiB pieces (as the engine sends it) is timed as well.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: I001 - pins threads before TensorFlow loads
+import numpy as np
+import tensorflow as tf
+from mpi4py import MPI
+
+import gradsync.tensorflow as gs
+from gradsync import engine
+
+PIECE = (4 << 20) // 4  # float32 elements in the 4 MiB pieces the engine sends
+
+
+def graph_allreduce(arrays: list[np.ndarray]):
+    """A v1 graph and Session whose run reduces ``arrays`` (held in variables)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [tf.compat.v1.Variable(a, use_resource=True) for a in arrays]
+        reduced = gs.grouped_allreduce([v.read_value() for v in variables], op=gs.Sum)
+        target = tf.group(*reduced)
+        session = tf.compat.v1.Session(graph=graph, config=common.session_config())
+        session.run(tf.compat.v1.global_variables_initializer())
+    return lambda: session.run(target)
+
+
+def optimizer_steps(arrays: list[np.ndarray]):
+    """Keras SGD steps on variables shaped like ``arrays``: local, and wrapped (syncing)."""
+    import keras
+
+    gradients = [tf.Variable(a) for a in arrays]
+
+    def step_for(optimizer):
+        weights = [tf.Variable(np.zeros_like(a)) for a in arrays]
+
+        @tf.function
+        def step():
+            optimizer.apply([g.read_value() for g in gradients], weights)
+
+        return step
+
+    local = step_for(keras.optimizers.SGD(1e-3))
+    synced = step_for(gs.DistributedOptimizer(keras.optimizers.SGD(1e-3)))
+    return local, synced
+
+
+def measure(total_mb: int, repeats: int, comm: MPI.Comm) -> dict:
+    arrays = common.gradient_arrays(total_mb * common.MB, seed=comm.Get_rank())
+    nbytes = sum(a.nbytes for a in arrays)
+    raw_buffer = np.zeros(nbytes // 4, dtype=np.float32)
+    header = np.zeros(5, dtype=np.int64)
+    tensors = [tf.constant(a) for a in arrays]
+    variables = [tf.Variable(a) for a in arrays]
+    in_function = tf.function(
+        lambda: gs.grouped_allreduce([v.read_value() for v in variables], op=gs.Sum)
+    )
+    local_step, synced_step = optimizer_steps(arrays)
+    cases = {
+        "raw_mpi4py": lambda: comm.Allreduce(MPI.IN_PLACE, raw_buffer, op=MPI.SUM),
+        "raw_mpi4py_4mib_pieces": lambda: [
+            comm.Allreduce(MPI.IN_PLACE, raw_buffer[i : i + PIECE], op=MPI.SUM)
+            for i in range(0, raw_buffer.size, PIECE)
+        ],
+        "header": lambda: comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX),
+        "engine": lambda: engine.allreduce(arrays, engine.ReduceOp.SUM, name="bench"),
+        "eager": lambda: gs.grouped_allreduce(tensors, op=gs.Sum),
+        "tf_function": in_function,
+        "v1_graph": graph_allreduce(arrays),
+        "optimizer_local_step": local_step,
+        "optimizer_sync_step": synced_step,
+    }
+    iterations = max(3, min(50, 400 // total_mb))
+    before = engine.executed_counts().get("allreduce", 0)
+    synced_step()
+    calls_per_sync_step = engine.executed_counts().get("allreduce", 0) - before
+    times = common.interleaved(cases, repeats, iterations, sync=comm.Barrier)
+    synced, local = times["optimizer_sync_step"], times["optimizer_local_step"]
+    sync_overhead = [s - t for s, t in zip(synced, local, strict=True)]
+    raw = times["raw_mpi4py"]
+    result = {
+        "mb": nbytes / common.MB,
+        "tensors": len(arrays),
+        "engine_calls_per_sync_step": calls_per_sync_step,
+        "seconds": {name: common.summary(values) for name, values in times.items()},
+        "ratio_to_raw": {
+            name: common.ratios(values, raw)
+            for name, values in times.items()
+            if name not in ("raw_mpi4py", "optimizer_local_step", "optimizer_sync_step")
+        },
+    }
+    result["seconds"]["optimizer_sync_overhead"] = common.summary(sync_overhead)
+    result["ratio_to_raw"]["optimizer_sync_overhead"] = common.ratios(sync_overhead, raw)
+    return result
+
+
+def main() -> None:
+    parser = common.worker_arguments(__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64])
+    args = parser.parse_args()
+    common.pin_threads()
+    gs.init()
+    comm = MPI.COMM_WORLD
+    results = [measure(size, args.repeats, comm) for size in args.sizes]
+    if gs.rank() == 0:
+        common.write_result(args.out, {"ranks": gs.size(), "sizes": results})
+
+
+if __name__ == "__main__":
+    main()
