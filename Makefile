@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(BIN)/gradsyncrun -np 2 $(BIN)/python examples/train_digits.py
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache
