@@ -130,13 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LaunchError as error:
         parser.error(str(error))
     with tempfile.TemporaryDirectory(prefix="gradsyncrun-") as directory:
-        roll_call = Listener(os.path.join(directory, "roll_call"))
-        environment = {**os.environ, SOCKET_VARIABLE: roll_call.path}
+        environment = dict(os.environ)
+        try:
+            roll_call: Listener | None = Listener(os.path.join(directory, "roll_call"))
+            environment[SOCKET_VARIABLE] = roll_call.path
+        except OSError:  # e.g. a temporary folder whose path is too long for a Unix socket
+            roll_call = None
         process = subprocess.Popen(args, env=environment)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda s, _f: process.send_signal(s))
         code = process.wait()
-        silent = roll_call.died_without_a_word()
+        silent = roll_call.died_without_a_word() if roll_call is not None else None
     if code == 0:
         return 0
     if silent is not None:
