@@ -198,3 +198,26 @@ def test_load_model_brings_back_the_distributed_optimizer(tmp_path):
     assert overridden._gradsync_aggregator.backward_passes_per_step == 2
     plain = load_model(saved(keras.optimizers.SGD(0.1))).optimizer
     assert type(plain) is keras.optimizers.SGD
+
+
+def test_optimizer_name_need_not_be_an_identifier():
+    optimizer = gs.DistributedOptimizer(
+        keras.optimizers.SGD(1.0), name="my optimizer-2", backward_passes_per_step=2
+    )
+    w = tf.Variable([0.0])
+    for _ in range(2):
+        optimizer.apply_gradients([(tf.constant([1.0]), w)])
+    assert float(w.numpy()[0]) == -2.0
+    with tf.Graph().as_default():
+        v = tf.compat.v1.Variable([1.0])
+        legacy = gs.DistributedOptimizer(
+            tf.compat.v1.train.GradientDescentOptimizer(1.0),
+            name="2nd optimizer",
+            backward_passes_per_step=2,
+        )
+        train = legacy.minimize(tf.reduce_sum(v))
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            session.run(train)
+            session.run(train)
+            assert session.run(v)[0] == -1.0

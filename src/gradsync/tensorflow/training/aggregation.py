@@ -23,6 +23,7 @@ names and constructors for the same aggregator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -105,6 +106,10 @@ class GradientAggregator(tf.Module):
         count_steps: CountSteps = "calls",
         name: str = "gradient_aggregation",
     ) -> None:
+        # An identifier that starts with a letter, as tf.Module and v1 graph op names require.
+        name = re.sub(r"\W", "_", name)
+        if not name[:1].isalpha():
+            name = f"gradsync_{name}"
         super().__init__(name=name)
         self.backward_passes_per_step = check_backward_passes_per_step(backward_passes_per_step)
         self.count_steps = check_count_steps(count_steps)
