@@ -120,13 +120,10 @@ def allreduce(
             buffer = fusion.fuse(members, prescale_factor, extra=1 if first else 0)
             if first:
                 request.decoy = _decoy(buffer.dtype, buffer.size)
-                buffer[-1] = 0
-                if flagged:
-                    _sum_in_place(comm, buffer)
-                    if buffer[-1] != 0:
-                        return False, None
-                else:
-                    _sum_in_place(comm, buffer[:-1])
+                buffer[-1] = 0  # the flag: stays 0 unless a rank sent a decoy
+                _sum_in_place(comm, buffer if flagged else buffer[:-1])
+                if buffer[-1] != 0:
+                    return False, None
                 buffer = buffer[:-1]
             else:
                 _sum_in_place(comm, buffer)

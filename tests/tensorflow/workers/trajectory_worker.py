@@ -42,9 +42,9 @@ def wrapped_sgd():
     if mode.startswith("tf_keras"):
         import tf_keras
 
-        family = tf_keras.optimizers.legacy if "legacy" in mode else tf_keras.optimizers
-        if mode == "tf_keras_session":
-            family = tf_keras.optimizers.legacy
+        # The v1 session takes only the legacy family, as in tf_keras itself.
+        legacy = "legacy" in mode or mode == "tf_keras_session"
+        family = tf_keras.optimizers.legacy if legacy else tf_keras.optimizers
         optimizer = family.SGD(LR)
     else:
         optimizer = keras.optimizers.SGD(LR)

@@ -36,12 +36,20 @@ def _v1_graph_key(kind: str) -> str:
 def call_engine(
     engine_call: EngineCall,
     inputs: Sequence[tf.Tensor],
-    output_dtypes: Sequence[tf.DType],
-    output_shapes: Sequence[tf.TensorShape],
     kind: str,
     name: str | None,
+    output_dtypes: Sequence[tf.DType] | None = None,
+    output_shapes: Sequence[tf.TensorShape] | None = None,
 ) -> list[tf.Tensor]:
-    """Runs ``engine_call(arrays, name, may_wait)`` on ``inputs``; returns tensors."""
+    """Runs ``engine_call(arrays, name, may_wait)`` on ``inputs``; returns tensors.
+
+    The outputs have the inputs' dtypes and shapes unless ``output_dtypes`` and
+    ``output_shapes`` say otherwise.
+    """
+    if output_dtypes is None:
+        output_dtypes = [t.dtype for t in inputs]
+    if output_shapes is None:
+        output_shapes = [t.shape for t in inputs]
     if tf.executing_eagerly():
         outputs = engine_call([t.numpy() for t in inputs], name or kind, False)
         return [tf.convert_to_tensor(o) for o in outputs]

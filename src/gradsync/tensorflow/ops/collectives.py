@@ -51,14 +51,7 @@ def _fused_allreduce(
         def engine_call(arrays, key, may_wait):
             return engine.allreduce(arrays, op, prescale_factor, postscale_factor, key, may_wait)
 
-        outputs = call_engine(
-            engine_call,
-            inputs,
-            [t.dtype for t in inputs],
-            [t.shape for t in inputs],
-            "allreduce",
-            name,
-        )
+        outputs = call_engine(engine_call, inputs, "allreduce", name)
 
         def gradient(*upstream):
             return _fused_allreduce(upstream, op, prescale_factor, postscale_factor, None)
@@ -151,14 +144,7 @@ def _grouped_broadcast(
     def engine_call(arrays, key, may_wait):
         return engine.broadcast(arrays, root_rank, key, may_wait)
 
-    return call_engine(
-        engine_call,
-        tensors,
-        [t.dtype for t in tensors],
-        [t.shape for t in tensors],
-        "broadcast",
-        name,
-    )
+    return call_engine(engine_call, tensors, "broadcast", name)
 
 
 def broadcast_variables(
@@ -193,7 +179,7 @@ def allgather(tensor: tf.Tensor | tf.Variable, name: str | None = None) -> tf.Te
 
     shape = tensor.shape
     out_shape = tf.TensorShape([None]).concatenate(shape[1:]) if shape.rank else [None]
-    return call_engine(engine_call, [tensor], [tensor.dtype], [out_shape], "allgather", name)[0]
+    return call_engine(engine_call, [tensor], "allgather", name, output_shapes=[out_shape])[0]
 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> Any:
@@ -209,5 +195,7 @@ def barrier(name: str | None = None) -> tf.Tensor | None:
         return [np.int32(0)]
 
     current("barrier")
-    done = call_engine(engine_call, [], [tf.int32], [tf.TensorShape([])], "barrier", name)[0]
+    done = call_engine(
+        engine_call, [], "barrier", name, output_dtypes=[tf.int32], output_shapes=[[]]
+    )[0]
     return None if tf.executing_eagerly() else done
