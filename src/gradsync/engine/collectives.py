@@ -40,9 +40,10 @@ def _float16_sum() -> MPI.Op:
 CHUNK_BYTES = 4 << 20
 
 
-def _sum_in_place(comm: MPI.Comm, buffer: np.ndarray) -> None:
-    if comm.Get_size() == 1:
-        return
+def _sum_in_place(comm: MPI.Comm, buffer: np.ndarray, scale: float = 1.0, scaled: int = -1) -> None:
+    """Sums ``buffer`` across ranks in place, then multiplies its first ``scaled`` elements
+    (all when -1) by ``scale``: each piece right after its sum, while it is still in cache."""
+    scaled = buffer.size if scaled < 0 else scaled
     if buffer.dtype == np.float16:
         words, datatype, op = buffer.view(np.uint16), MPI.UINT16_T, _float16_sum()
     else:
@@ -50,7 +51,11 @@ def _sum_in_place(comm: MPI.Comm, buffer: np.ndarray) -> None:
     step = max(1, CHUNK_BYTES // buffer.itemsize)
     for start in range(0, max(words.size, 1), step):
         piece = words[start : start + step]
-        comm.Allreduce(MPI.IN_PLACE, piece if datatype is None else [piece, datatype], op=op)
+        if comm.Get_size() > 1:
+            comm.Allreduce(MPI.IN_PLACE, piece if datatype is None else [piece, datatype], op=op)
+        if scale != 1.0 and start < scaled:
+            result = buffer[start : min(start + step, scaled)]
+            np.multiply(result, scale, out=result, casting="unsafe")
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,14 +126,13 @@ def allreduce(
             if first:
                 request.decoy = _decoy(buffer.dtype, buffer.size)
                 buffer[-1] = 0  # the flag: stays 0 unless a rank sent a decoy
-                _sum_in_place(comm, buffer if flagged else buffer[:-1])
+                data = buffer.size - 1
+                _sum_in_place(comm, buffer if flagged else buffer[:data], final_scale, data)
                 if buffer[-1] != 0:
                     return False, None
-                buffer = buffer[:-1]
+                buffer = buffer[:data]
             else:
-                _sum_in_place(comm, buffer)
-            if final_scale != 1.0:
-                np.multiply(buffer, final_scale, out=buffer, casting="unsafe")
+                _sum_in_place(comm, buffer, final_scale)
             for position, view in zip(
                 positions, fusion.unfuse(buffer, [m.shape for m in members]), strict=True
             ):
