@@ -63,8 +63,16 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)
 
 
-def _tensor_signature(arrays: Sequence[np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(_dtype_name(a.dtype), a.shape) for a in arrays]
+TensorSpec = tuple[np.dtype, tuple[int, ...]]
+
+
+def _tensor_signature(
+    arrays: Sequence[np.ndarray], tensor_specs: Sequence[TensorSpec] | None = None
+) -> list[tuple[str, tuple[int, ...]]]:
+    """What the ranks compare about the tensors: each one's dtype and shape."""
+    if tensor_specs is None:
+        tensor_specs = [(a.dtype, a.shape) for a in arrays]
+    return [(_dtype_name(dtype), tuple(shape)) for dtype, shape in tensor_specs]
 
 
 def check_root_rank(root_rank: object, world_size: int) -> int:
@@ -103,12 +111,16 @@ def allreduce(
     postscale_factor: float = 1.0,
     name: str = "allreduce",
     may_wait: bool = False,
+    tensor_specs: Sequence[TensorSpec] | None = None,
 ) -> list[np.ndarray]:
     """Reduces each array across ranks, all in one fused communication per dtype.
 
     Each array is multiplied by ``prescale_factor`` before the sum and the result by
     ``postscale_factor`` after it (and divided by the world size for ``Average``).
     Returns new arrays; the inputs are not modified.
+
+    A caller that packed several tensors into one array gives their ``(dtype, shape)`` in
+    ``tensor_specs``; the ranks then compare those instead of the arrays' own shapes.
     """
     world = current("allreduce")
     op = check_reduce_op(op)
@@ -141,7 +153,7 @@ def allreduce(
 
     signature = {
         "op": op.value,
-        "tensors": _tensor_signature(arrays),
+        "tensors": _tensor_signature(arrays, tensor_specs),
         "prescale_factor": prescale_factor,
         "postscale_factor": postscale_factor,
     }
@@ -173,8 +185,12 @@ def broadcast(
     root_rank: int,
     name: str = "broadcast",
     may_wait: bool = False,
+    tensor_specs: Sequence[TensorSpec] | None = None,
 ) -> list[np.ndarray]:
-    """Returns copies of ``root_rank``'s arrays on every rank, one communication per dtype."""
+    """Returns copies of ``root_rank``'s arrays on every rank, one communication per dtype.
+
+    ``tensor_specs`` is as for ``allreduce``.
+    """
     world = current("broadcast")
     root_rank = check_root_rank(root_rank, world.size)
     arrays = [np.asarray(a) for a in arrays]
@@ -192,7 +208,7 @@ def broadcast(
                 results[position] = view
         return results  # type: ignore[return-value]
 
-    signature = {"root_rank": root_rank, "tensors": _tensor_signature(arrays)}
+    signature = {"root_rank": root_rank, "tensors": _tensor_signature(arrays, tensor_specs)}
     return coordinator.run(
         world, coordinator.Request("broadcast", name, signature, execute, may_wait)
     )

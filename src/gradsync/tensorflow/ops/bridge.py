@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-EngineCall = Callable[[list[np.ndarray], str, bool], Sequence[np.ndarray]]
+from gradsync.engine.collectives import TensorSpec
+from gradsync.tensorflow.ops.packing import Packing
+
+#: ``engine_call(arrays, name, may_wait, tensor_specs)``: ``tensor_specs`` is None, or the
+#: dtype and shape of each tensor the arrays hold when small ones travel packed.
+EngineCall = Callable[
+    [list[np.ndarray], str, bool, "list[TensorSpec] | None"], Sequence[np.ndarray]
+]
 
 
 def in_v1_graph() -> bool:
@@ -40,31 +47,42 @@ def call_engine(
     name: str | None,
     output_dtypes: Sequence[tf.DType] | None = None,
     output_shapes: Sequence[tf.TensorShape] | None = None,
+    elementwise: bool = False,
 ) -> list[tf.Tensor]:
-    """Runs ``engine_call(arrays, name, may_wait)`` on ``inputs``; returns tensors.
+    """Runs ``engine_call`` on ``inputs``; returns tensors.
 
     The outputs have the inputs' dtypes and shapes unless ``output_dtypes`` and
-    ``output_shapes`` say otherwise.
+    ``output_shapes`` say otherwise. ``elementwise`` says the engine call treats its arrays
+    element by element (allreduce, broadcast), so that in a graph small tensors may travel
+    packed (see ``packing``).
     """
     if output_dtypes is None:
         output_dtypes = [t.dtype for t in inputs]
     if output_shapes is None:
         output_shapes = [t.shape for t in inputs]
     if tf.executing_eagerly():
-        outputs = engine_call([t.numpy() for t in inputs], name or kind, False)
+        outputs = engine_call([t.numpy() for t in inputs], name or kind, False, None)
         return [tf.convert_to_tensor(o) for o in outputs]
 
     may_wait = in_v1_graph()
     key = _v1_graph_key(kind) if may_wait else (name or kind)
+    packing = Packing.of(inputs) if elementwise else None
+    if packing is not None and packing.packs_anything:
+        carried = packing.carried
+        output_dtypes = [t.dtype for t in carried]
+        output_shapes = [t.shape for t in carried]
+    else:
+        carried, packing = list(inputs), None
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
-        return list(engine_call(list(arrays), key, may_wait))
+        specs = packing.tensor_specs(arrays) if packing is not None else None
+        return list(engine_call(list(arrays), key, may_wait, specs))
 
     outputs = tf.numpy_function(
-        run, list(inputs), list(output_dtypes), stateful=True, name=f"gradsync_{kind}"
+        run, carried, list(output_dtypes), stateful=True, name=f"gradsync_{kind}"
     )
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     for output, shape in zip(outputs, output_shapes, strict=True):
         output.set_shape(shape)
-    return list(outputs)
+    return packing.unpack(outputs) if packing is not None else list(outputs)

@@ -48,10 +48,12 @@ def _fused_allreduce(
 
     @tf.custom_gradient
     def reduce(*inputs):
-        def engine_call(arrays, key, may_wait):
-            return engine.allreduce(arrays, op, prescale_factor, postscale_factor, key, may_wait)
+        def engine_call(arrays, key, may_wait, specs):
+            return engine.allreduce(
+                arrays, op, prescale_factor, postscale_factor, key, may_wait, specs
+            )
 
-        outputs = call_engine(engine_call, inputs, "allreduce", name)
+        outputs = call_engine(engine_call, inputs, "allreduce", name, elementwise=True)
 
         def gradient(*upstream):
             return _fused_allreduce(upstream, op, prescale_factor, postscale_factor, None)
@@ -141,10 +143,10 @@ def _grouped_broadcast(
 ) -> list[tf.Tensor]:
     check_root_rank(root_rank, current("broadcast").size)
 
-    def engine_call(arrays, key, may_wait):
-        return engine.broadcast(arrays, root_rank, key, may_wait)
+    def engine_call(arrays, key, may_wait, specs):
+        return engine.broadcast(arrays, root_rank, key, may_wait, specs)
 
-    return call_engine(engine_call, tensors, "broadcast", name)
+    return call_engine(engine_call, tensors, "broadcast", name, elementwise=True)
 
 
 def broadcast_variables(
@@ -174,7 +176,7 @@ def allgather(tensor: tf.Tensor | tf.Variable, name: str | None = None) -> tf.Te
     tensor = tf.convert_to_tensor(tensor)
     current("allgather")
 
-    def engine_call(arrays, key, may_wait):
+    def engine_call(arrays, key, may_wait, specs):
         return [engine.allgather(arrays[0], key, may_wait)]
 
     shape = tensor.shape
@@ -190,7 +192,7 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> A
 def barrier(name: str | None = None) -> tf.Tensor | None:
     """Waits for every rank. Eagerly it returns at once after; in a graph it is an op."""
 
-    def engine_call(arrays, key, may_wait):
+    def engine_call(arrays, key, may_wait, specs):
         engine.barrier(key, may_wait)
         return [np.int32(0)]
 
