@@ -4,7 +4,8 @@ Run on 2 ranks (``mpiexec -n 2 python benchmarks/allreduce.py --out r.json``). F
 size, about 60 float32 tensors of mixed sizes are summed across ranks by: the engine on numpy
 arrays, ``grouped_allreduce`` eagerly, inside ``tf.function`` and in a v1 graph Session, and
 Keras's SGD wrapped by ``DistributedOptimizer`` (sync step minus the same local step). The
-reference, timed in the same repeats, is mpi4py's in-place ``Allreduce`` on one buffer; the
+same function and Session without the collective are timed too: the floor under those paths.
+The reference, timed in the same repeats, is mpi4py's in-place ``Allreduce`` on one buffer; the
 same buffer reduced in 4 MiB pieces (as the engine sends it) is timed as well.
 """
 
@@ -21,12 +22,14 @@ from gradsync import engine
 PIECE = (4 << 20) // 4  # float32 elements in the 4 MiB pieces the engine sends
 
 
-def graph_allreduce(arrays: list[np.ndarray]):
-    """A v1 graph and Session whose run reduces ``arrays`` (held in variables)."""
+def graph_allreduce(arrays: list[np.ndarray], communicate: bool = True):
+    """A v1 graph and Session whose run reduces ``arrays`` (held in variables), or only reads
+    them when not ``communicate``."""
     graph = tf.Graph()
     with graph.as_default():
         variables = [tf.compat.v1.Variable(a, use_resource=True) for a in arrays]
-        reduced = gs.grouped_allreduce([v.read_value() for v in variables], op=gs.Sum)
+        values = [v.read_value() for v in variables]
+        reduced = gs.grouped_allreduce(values, op=gs.Sum) if communicate else values
         target = tf.group(*reduced)
         session = tf.compat.v1.Session(graph=graph, config=common.session_config())
         session.run(tf.compat.v1.global_variables_initializer())
@@ -63,6 +66,7 @@ def measure(total_mb: int, repeats: int, comm: MPI.Comm) -> dict:
     in_function = tf.function(
         lambda: gs.grouped_allreduce([v.read_value() for v in variables], op=gs.Sum)
     )
+    reads_only = tf.function(lambda: [v.read_value() for v in variables])
     local_step, synced_step = optimizer_steps(arrays)
     cases = {
         "raw_mpi4py": lambda: comm.Allreduce(MPI.IN_PLACE, raw_buffer, op=MPI.SUM),
@@ -75,6 +79,10 @@ def measure(total_mb: int, repeats: int, comm: MPI.Comm) -> dict:
         "eager": lambda: gs.grouped_allreduce(tensors, op=gs.Sum),
         "tf_function": in_function,
         "v1_graph": graph_allreduce(arrays),
+        # What calling the same function or Session costs with no collective in it: the floor
+        # under the two cases above.
+        "tf_function_no_communication": reads_only,
+        "v1_graph_no_communication": graph_allreduce(arrays, communicate=False),
         "optimizer_local_step": local_step,
         "optimizer_sync_step": synced_step,
     }

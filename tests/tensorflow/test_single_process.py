@@ -221,3 +221,20 @@ def test_optimizer_name_need_not_be_an_identifier():
             session.run(train)
             session.run(train)
             assert session.run(v)[0] == -1.0
+
+
+def test_sync_steps_reuse_one_fusion_buffer():
+    """TensorFlow gives back the reduced gradients of one step before the next one fuses, so
+    training holds one fusion buffer, not one per step in flight."""
+    from gradsync.engine import fusion
+
+    fusion.forget()
+    shapes = [(300, 200), (200,), (200, 100), (100,)]
+    weights = [tf.Variable(tf.zeros(s)) for s in shapes]
+    gradients = [tf.Variable(tf.ones(s)) for s in shapes]
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.5))
+    step = tf.function(lambda: optimizer.apply([g.read_value() for g in gradients], weights))
+    for _ in range(6):
+        step()
+    np.testing.assert_array_equal(weights[0].numpy(), np.full(shapes[0], -3.0))
+    assert fusion.kept_buffer_count() == 1

@@ -97,6 +97,12 @@ def unfuse(buffer: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.nda
     ]
 
 
+def kept_buffer_count() -> int:
+    """How many buffers are kept for reuse, over all layouts."""
+    with _lock:
+        return sum(len(kept) for kept in _kept.values())
+
+
 def forget() -> None:
     """Drops the kept buffers (their memory is freed once no view of them is alive)."""
     with _lock:

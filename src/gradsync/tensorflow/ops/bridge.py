@@ -40,6 +40,18 @@ def _v1_graph_key(kind: str) -> str:
     return "/".join(reversed(path))
 
 
+def _release_adopted_arrays() -> None:
+    """Lets TensorFlow drop the engine's arrays that it adopted as tensors and is done with.
+
+    TensorFlow gives those references back only at certain points, one of them the deletion of
+    an eager tensor; until then the engine sees its fusion buffers as still in use and takes
+    new ones (one more gradient's worth of memory). A throwaway eager tensor brings that point
+    forward. A v1 Session does the same at the start of every run.
+    """
+    if tf.executing_eagerly():
+        tf.constant(0)
+
+
 def call_engine(
     engine_call: EngineCall,
     inputs: Sequence[tf.Tensor],
@@ -75,6 +87,7 @@ def call_engine(
         carried, packing = list(inputs), None
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        _release_adopted_arrays()
         specs = packing.tensor_specs(arrays) if packing is not None else None
         return list(engine_call(list(arrays), key, may_wait, specs))
 
