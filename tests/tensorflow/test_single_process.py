@@ -238,3 +238,20 @@ def test_sync_steps_reuse_one_fusion_buffer():
         step()
     np.testing.assert_array_equal(weights[0].numpy(), np.full(shapes[0], -3.0))
     assert fusion.kept_buffer_count() == 1
+
+
+@pytest.mark.parametrize("own_function", [False, True])
+def test_window_average_with_gradsync_or_own_allreduce_func(own_function):
+    """gradsync's allreduce folds the 1/N into the reduction; a Horovod-style function of the
+    user's, which takes no scale, has its result divided instead. Both give the average."""
+    from gradsync.tensorflow.training.reduction import make_gradient_allreducer
+
+    if own_function:
+        allreduce = lambda grads, variables: gs.grouped_allreduce(grads)  # noqa: E731
+    else:
+        allreduce = make_gradient_allreducer()
+    aggregator = gs.LocalGradientAggregationHelperEager(4, allreduce, False, True)
+    variable = tf.Variable([0.0, 0.0])
+    for step in range(1, 5):
+        result = aggregator.compute_gradients([tf.constant([1.0, 3.0]) * step], [variable])
+    np.testing.assert_array_equal(result[0], [2.5, 7.5])  # (1 + 2 + 3 + 4) / 4 times [1, 3]

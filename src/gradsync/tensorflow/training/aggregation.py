@@ -23,6 +23,7 @@ names and constructors for the same aggregator.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -116,6 +117,8 @@ class GradientAggregator(tf.Module):
         self.average_aggregated_gradients = bool(average_aggregated_gradients)
         self.sparse_as_dense = bool(sparse_as_dense)
         self._allreduce = allreduce_func
+        # Averaging over the window then happens inside the reduction, with no pass of its own.
+        self._allreduce_scales = _takes_scale(allreduce_func)
         self._name = name
         self.counter: tf.Variable | None = None
         self.origin: tf.Variable | None = None
@@ -242,11 +245,16 @@ class GradientAggregator(tf.Module):
 
     def _synchronize(self, variables: Sequence[Any]) -> list[tf.Tensor]:
         window = [accumulator.read_value() for accumulator in self.accumulators]
-        reduced = self._allreduce(window, variables)
+        divide = self.average_aggregated_gradients
+        if divide and self._allreduce_scales:
+            reduced = self._allreduce(window, variables, scale=1 / self.backward_passes_per_step)
+            divide = False
+        else:
+            reduced = self._allreduce(window, variables)
         with tf.control_dependencies(reduced):
             reset = self.counter.assign(0, read_value=False)
         with tf.control_dependencies([reset] if reset is not None else []):
-            if self.average_aggregated_gradients:
+            if divide:
                 return [r / tf.cast(self.backward_passes_per_step, r.dtype) for r in reduced]
             return [tf.identity(r) for r in reduced]
 
@@ -294,6 +302,15 @@ class GradientAggregator(tf.Module):
             lambda: advance_counters(optimizer, kwargs.get("global_step")),
             after=[g for g, _ in grads_and_vars],
         )
+
+
+def _takes_scale(allreduce_func: GradientAllreducer) -> bool:
+    """Whether ``allreduce_func`` takes ``scale=`` (those of ``make_gradient_allreducer`` do; a
+    Horovod-style function given by the user may not)."""
+    try:
+        return "scale" in inspect.signature(allreduce_func).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _done_after(result: Any) -> tf.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -11,7 +11,9 @@ from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op
 from gradsync.tensorflow.ops import Compression, grouped_allreduce
 from gradsync.tensorflow.ops.compression import Compressor, check_compression
 
-GradientAllreducer = Callable[[Sequence[tf.Tensor | None], Sequence[tf.Variable]], list]
+#: ``allreduce(gradients, variables)``. Those made by ``make_gradient_allreducer`` also take
+#: ``scale=``, a factor applied to the reduced gradients inside the reduction.
+GradientAllreducer = Callable[..., list]
 
 
 def densify(gradient, sparse_as_dense: bool):
@@ -40,7 +42,8 @@ def make_gradient_allreducer(
     gradient_predivide_factor: float = 1.0,
     raise_on_non_finite: bool = False,
 ) -> GradientAllreducer:
-    """Returns ``allreduce(grads, variables)``: one fused allreduce of the non-None gradients.
+    """Returns ``allreduce(grads, variables, scale=1.0)``: one fused allreduce of the non-None
+    gradients, multiplied by ``scale`` as they come out of the reduction (no extra pass).
 
     ``gradient_predivide_factor`` splits an average into a division by the factor before the
     sum and by ``size / factor`` after it (for the range of low-precision gradients).
@@ -57,15 +60,15 @@ def make_gradient_allreducer(
             f"gradient_predivide_factor must be > 0, got {gradient_predivide_factor}."
         )
 
-    def allreduce(gradients, variables):
+    def allreduce(gradients, variables, scale: float = 1.0):
         positions = [i for i, g in enumerate(gradients) if g is not None]
         present = [densify(gradients[i], sparse_as_dense) for i in positions]
         if gradient_predivide_factor == 1.0:
-            reduce_op, prescale, postscale = op, 1.0, 1.0
+            reduce_op, prescale, postscale = op, 1.0, scale
         else:
             reduce_op = ReduceOp.SUM
             prescale = 1.0 / gradient_predivide_factor
-            postscale = gradient_predivide_factor / size()
+            postscale = scale * gradient_predivide_factor / size()
         reduced = grouped_allreduce(
             present, reduce_op, prescale, postscale, compression, "gradients"
         )
