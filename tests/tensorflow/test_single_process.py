@@ -255,3 +255,17 @@ def test_window_average_with_gradsync_or_own_allreduce_func(own_function):
     for step in range(1, 5):
         result = aggregator.compute_gradients([tf.constant([1.0, 3.0]) * step], [variable])
     np.testing.assert_array_equal(result[0], [2.5, 7.5])  # (1 + 2 + 3 + 4) / 4 times [1, 3]
+
+
+def test_xla_compiled_functions_are_refused_with_the_way_out():
+    """Keras compiles with XLA by default on GPU machines; XLA cannot compile the MPI call."""
+    x = tf.constant([1.0, 2.0])
+    with pytest.raises(ValueError, match="allreduce cannot run inside a function compiled"):
+        tf.function(lambda: gs.allreduce(x), jit_compile=True)()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.1), backward_passes_per_step=2)
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=True)
+    with pytest.raises(ValueError, match=r"pass jit_compile=False to model\.compile"):
+        model.fit(np.ones((8, 3)), np.ones((8, 2)), verbose=0)
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
+    model.fit(np.ones((8, 3)), np.ones((8, 2)), verbose=0)  # the way out works

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 from gradsync.engine.collectives import TensorSpec
 from gradsync.tensorflow.ops.packing import Packing
@@ -38,6 +39,20 @@ def _v1_graph_key(kind: str) -> str:
         path.append(graph.name)
         graph = graph.outer_graph
     return "/".join(reversed(path))
+
+
+def _refuse_xla(kind: str) -> None:
+    """Collectives call MPI through ``tf.numpy_function``, which XLA cannot compile: say so while
+    the function is traced, on every rank alike, instead of failing later inside XLA."""
+    graph = tf.compat.v1.get_default_graph()
+    if control_flow_util.GraphOrParentsInXlaContext(graph):
+        raise ValueError(
+            f"gradsync's {kind} cannot run inside a function compiled with XLA: it calls MPI "
+            "through tf.numpy_function, which XLA cannot compile. Keras compiles the train step "
+            "with XLA by default on machines with a GPU: pass jit_compile=False to "
+            "model.compile(). For your own tf.function, leave jit_compile off for the function "
+            "that reduces the gradients."
+        )
 
 
 def _release_adopted_arrays() -> None:
@@ -76,6 +91,7 @@ def call_engine(
         outputs = engine_call([t.numpy() for t in inputs], name or kind, False, None)
         return [tf.convert_to_tensor(o) for o in outputs]
 
+    _refuse_xla(kind)
     may_wait = in_v1_graph()
     key = _v1_graph_key(kind) if may_wait else (name or kind)
     packing = Packing.of(inputs) if elementwise else None
