@@ -69,7 +69,8 @@ optimizer = gs.DistributedOptimizer(
     average_aggregated_gradients=True,
     count_steps="updates",
 )
-model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+# XLA cannot compile gradsync's collectives; Keras would pick it on a machine with a GPU.
+model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=False)
 callbacks = [
     gs.callbacks.BroadcastGlobalVariablesCallback(0),
     gs.callbacks.MetricAverageCallback(),
