@@ -95,12 +95,10 @@ def call_engine(
     may_wait = in_v1_graph()
     key = _v1_graph_key(kind) if may_wait else (name or kind)
     packing = Packing.of(inputs) if elementwise else None
-    if packing is not None and packing.packs_anything:
-        carried = packing.carried
+    carried = list(inputs) if packing is None else packing.carried
+    if packing is not None:
         output_dtypes = [t.dtype for t in carried]
         output_shapes = [t.shape for t in carried]
-    else:
-        carried, packing = list(inputs), None
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         _release_adopted_arrays()

@@ -42,7 +42,8 @@ class Packing:
     packed_specs: list[TensorSpec | None]
 
     @classmethod
-    def of(cls, tensors: Sequence[tf.Tensor]) -> Packing:
+    def of(cls, tensors: Sequence[tf.Tensor]) -> Packing | None:
+        """How ``tensors`` travel, or None when no two small tensors share a dtype."""
         by_dtype: dict[tf.DType, list[int]] = {}
         singles = []
         for position, tensor in enumerate(tensors):
@@ -56,6 +57,8 @@ class Packing:
                 singles += positions
             else:
                 groups.append(positions)
+        if not groups:
+            return None
         singles.sort()
         carried = [tensors[p] for p in singles] + [
             tf.concat([tf.reshape(tensors[p], [-1]) for p in group], axis=0) for group in groups
@@ -67,10 +70,6 @@ class Packing:
                 dtype = np.dtype(tensor.dtype.as_numpy_dtype)
                 packed_specs[position] = (dtype, tuple(tensor.shape.as_list()))
         return cls(tensors, singles, groups, carried, packed_specs)
-
-    @property
-    def packs_anything(self) -> bool:
-        return bool(self.groups)
 
     def tensor_specs(self, arrays: Sequence[np.ndarray]) -> list[TensorSpec]:
         """The dtype and shape of each of the caller's tensors, given the carried arrays."""
