@@ -65,7 +65,7 @@ def find_mpiexec(explicit: str | None = None) -> str:
 
 
 def mpi_flavor(mpiexec: str) -> str:
-    """"openmpi" for Open MPI's launcher, "hydra" for MPICH's and Intel MPI's."""
+    """ "openmpi" for Open MPI's launcher, "hydra" for MPICH's and Intel MPI's."""
     try:
         version = subprocess.run(
             [mpiexec, "--version"], capture_output=True, text=True, timeout=30

@@ -58,7 +58,7 @@ class Listener:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def died_without_a_word(self) -> str | None:
-        """"rank R (pid P)" of the first worker that ended silently before any worker left
+        """ "rank R (pid P)" of the first worker that ended silently before any worker left
         on purpose, or None."""
         for when, who in sorted(self._silent_ends):
             if self._first_leaving is None or when < self._first_leaving:

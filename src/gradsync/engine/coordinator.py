@@ -29,14 +29,13 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from gradsync.engine.errors import CollectiveMismatchError
-from gradsync.engine.world import World
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,6 +54,9 @@ class Request:
     #: Set by ``execute_flagged``'s first message: sends zeros of that message's size with the
     #: flag raised, for a rank whose own call differs from this one.
     decoy: Callable[[MPI.Comm], None] | None = None
+    #: What a rank that has joined needs to take part with zeros (see ``register_stand_in``);
+    #: None for collectives that joined ranks cannot take part in.
+    stand_in_spec: dict[str, Any] | None = None
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -87,12 +89,6 @@ def _signature_text(request: Request) -> str:
 
 def _stall_timeout() -> float:
     return float(os.environ.get("GRADSYNC_STALL_TIMEOUT", "60"))
-
-
-_pending: list[Request] = []
-_executed: dict[str, int] = {}
-_pending_lock = threading.Lock()
-_comm_lock = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -133,120 +129,242 @@ class _History:
         self.last = None
 
 
-_history = _History()
+#: ``factory(stand_in_spec, kind, name, signature)``: the request a rank that has joined
+#: issues to take part in another rank's collective of that kind (see ``Coordinator.join``).
+StandInFactory = Callable[[dict[str, Any], str, str, dict[str, Any]], Request]
+_stand_in_factories: dict[str, StandInFactory] = {}
 
 
-def executed_counts() -> dict[str, int]:
-    """How many collectives of each kind this process has executed since ``init()``, and how
-    many header exchanges (``"negotiation"``) it took to agree on them."""
-    return dict(_executed)
+def register_stand_in(kind: str, factory: StandInFactory) -> None:
+    """Lets ranks that have joined take part in collectives of ``kind`` (allreduce)."""
+    _stand_in_factories[kind] = factory
 
 
-def reset() -> None:
-    """Forgets pending requests and the history of collectives (used by ``shutdown``)."""
-    global _history
-    with _pending_lock:
-        for request in _pending:
-            request.finish(error=RuntimeError("gradsync was shut down"))
-        _pending.clear()
-        _executed.clear()
-        _history = _History()
+class Coordinator:
+    """Orders the collectives of one communicator (the world's, or a process set's)."""
 
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm = comm
+        self._pending: list[Request] = []
+        self._executed: dict[str, int] = {}
+        self._pending_lock = threading.Lock()
+        self._comm_lock = threading.Lock()
+        self._history = _History()
+        #: How many collectives had completed when this rank joined; None while not joined.
+        self._joined_at: int | None = None
 
-def run(world: World, request: Request) -> Any:
-    """Runs ``request`` once every rank has issued a matching one, and returns its result."""
-    if world.size == 1:
-        _count(request)
-        return request.execute(world.comm)
-    with _pending_lock:
-        _pending.append(request)
-    started = time.monotonic()
-    while not request.done.is_set():
-        with _comm_lock:
-            if request.done.is_set():
-                break
-            with _pending_lock:
-                proposal = min(_pending, key=lambda r: r.key)
-            if _run_predicted(world):
-                continue
-            give_up = time.monotonic() - started > _stall_timeout()
-            progressed = _negotiate_and_run(world, proposal, give_up)
-        if not progressed:
-            request.done.wait(0.0005)
-    if request.error is not None:
-        raise request.error
-    return request.result
+    def executed_counts(self) -> dict[str, int]:
+        """How many collectives of each kind ran here, and how many header exchanges
+        (``"negotiation"``) it took to agree on them."""
+        return dict(self._executed)
 
+    def reset(self) -> None:
+        """Fails the pending requests and forgets the history of collectives."""
+        with self._pending_lock:
+            for request in self._pending:
+                request.finish(error=RuntimeError("gradsync was shut down"))
+            self._pending.clear()
+            self._executed.clear()
+            self._history = _History()
 
-def _run_predicted(world: World) -> bool:
-    """Runs the predicted collective without a header if every rank has issued it; returns
-    False when there is no prediction or some rank has not (the header exchange follows)."""
-    prediction = _history.prediction()
-    if prediction is None:
+    def run(self, request: Request) -> Any:
+        """Runs ``request`` once every rank has issued a matching one; returns its result."""
+        if self.comm.Get_size() == 1:
+            self._count(request)
+            return request.execute(self.comm)
+        with self._pending_lock:
+            self._pending.append(request)
+        started = time.monotonic()
+        while not request.done.is_set():
+            with self._comm_lock:
+                if request.done.is_set():
+                    break
+                with self._pending_lock:
+                    proposal = min(self._pending, key=lambda r: r.key)
+                if self._run_predicted():
+                    continue
+                give_up = time.monotonic() - started > _stall_timeout()
+                progressed = self._negotiate_and_run(proposal, give_up)
+            if not progressed:
+                request.done.wait(0.0005)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def join(self) -> int:
+        """Takes part in the other ranks' allreduces with zeros until every rank has joined;
+        returns the rank that joined last (the highest such rank when several joined at once).
+        """
+        self._joined_at = sum(self._executed.values()) - self._executed.get("negotiation", 0)
+
+        def last_to_join(comm: MPI.Comm) -> int:
+            times = comm.allgather(self._joined_at)
+            latest = max(times)
+            return max(r for r, t in enumerate(times) if t == latest)
+
+        try:
+            return self.run(Request("join", "join", {}, last_to_join))
+        finally:
+            self._joined_at = None
+
+    # The protocol below runs with the communicator lock held, on every rank alike.
+
+    def _run_predicted(self) -> bool:
+        """Runs the predicted collective without a header if every rank has issued it;
+        returns False when there is no prediction or some rank has not (a header follows)."""
+        prediction = self._history.prediction()
+        if prediction is None:
+            return False
+        with self._pending_lock:
+            matching = [r for r in self._pending if r.token == prediction.token]
+        if matching and matching[0].execute_flagged is not None:
+            request = matching[0]
+            if self._complete(request, request.execute_flagged):
+                return True
+        else:
+            prediction.decoy(self.comm)
+        self._history.missed()
         return False
-    with _pending_lock:
-        matching = [r for r in _pending if r.token == prediction.token]
-    if matching and matching[0].execute_flagged is not None:
-        request = matching[0]
-        if _complete(request, request.execute_flagged, world.comm):
+
+    def _negotiate_and_run(self, proposal: Request, give_up: bool) -> bool:
+        """One header round; returns False when the ranks should propose again later."""
+        self._executed["negotiation"] = self._executed.get("negotiation", 0) + 1
+        name_digest, signature_digest = _digest(proposal.key), _digest(proposal.token[1])
+        joining = int(proposal.kind == "join")
+        header = np.array(
+            [
+                name_digest,
+                -name_digest,
+                signature_digest,
+                -signature_digest,
+                -int(proposal.may_wait),
+                joining,
+                -joining,
+            ],
+            dtype=np.int64,
+        )
+        self.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
+        same_name = header[0] == -header[1]
+        same_signature = header[2] == -header[3]
+        all_may_wait = header[4] == -1
+        some_joined, all_joined = header[5] == 1, header[6] == -1
+
+        if some_joined and not all_joined:
+            self._run_beside_joined(proposal)
             return True
-    else:
-        prediction.decoy(world.comm)
-    _history.missed()
-    return False
-
-
-def _negotiate_and_run(world: World, proposal: Request, give_up: bool) -> bool:
-    """One header round; returns False when the ranks should propose again later."""
-    _executed["negotiation"] = _executed.get("negotiation", 0) + 1
-    name_digest, signature_digest = _digest(proposal.key), _digest(proposal.token[1])
-    header = np.array(
-        [
-            name_digest,
-            -name_digest,
-            signature_digest,
-            -signature_digest,
-            -int(proposal.may_wait),
-        ],
-        dtype=np.int64,
-    )
-    world.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
-    same_name = header[0] == -header[1]
-    same_signature = header[2] == -header[3]
-    all_may_wait = header[4] == -1
-
-    if same_name and same_signature:
-        _execute(world, proposal)
+        if same_name and same_signature:
+            self._execute(proposal)
+            return True
+        if not same_name and all_may_wait:
+            return self._settle_waiting_requests(give_up)
+        self._fail_with_descriptions(proposal)
         return True
-    if not same_name and all_may_wait:
-        return _settle_waiting_requests(world, give_up)
-    _fail_with_descriptions(world, proposal)
-    return True
 
+    def _run_beside_joined(self, proposal: Request) -> None:
+        """Some ranks have joined: those that have not must agree on one collective, which
+        the joined ranks then run with stand-in (zero) inputs; anything else fails everywhere.
+        """
+        joined = proposal.kind == "join"
+        mine = None if joined else {"key": proposal.key, **_describe(proposal)}
+        everyone = self.comm.allgather(mine)
+        active = [d for d in everyone if d is not None]
+        joined_ranks = [r for r, d in enumerate(everyone) if d is None]
+        first = active[0]
+        factory = _stand_in_factories.get(first["kind"])
+        if any(d["key"] != first["key"] or d["signature"] != first["signature"] for d in active):
+            error = CollectiveMismatchError(describe_mismatch(everyone, skip=joined_ranks))
+        elif factory is None or first["stand_in"] is None:
+            error = CollectiveMismatchError(
+                f"{first['key']} cannot run while ranks {joined_ranks} have joined: only "
+                "allreduce (Sum or Average) takes inputs from joined ranks. Call join() only "
+                "once a rank has no more collectives to issue but allreduces."
+            )
+        else:
+            if joined:
+                stand_in = factory(
+                    first["stand_in"], first["kind"], first["name"], first["signature"]
+                )
+                self._execute(stand_in, remove=False)  # the join request stays pending
+            else:
+                self._execute(proposal)
+            return
+        self._history.lost()
+        self._take(proposal)
+        proposal.finish(error=error)
 
-def _count(request: Request) -> None:
-    _executed[request.kind] = _executed.get(request.kind, 0) + 1
+    def _count(self, request: Request) -> None:
+        self._executed[request.kind] = self._executed.get(request.kind, 0) + 1
 
+    def _execute(self, request: Request, remove: bool = True) -> None:
+        self._complete(request, lambda comm: (True, request.execute(comm)), remove)
 
-def _execute(world: World, request: Request) -> None:
-    _complete(request, lambda comm: (True, request.execute(comm)), world.comm)
+    def _complete(
+        self, request: Request, run: Callable[[MPI.Comm], tuple[bool, Any]], remove: bool = True
+    ) -> bool:
+        """Runs ``request``; unless ``run`` reports that another rank raised the flag, records
+        it as executed (on every rank alike, even where it failed) and hands over its outcome.
+        """
+        try:
+            completed, result = run(self.comm)
+            error = None
+        except BaseException as raised:  # noqa: BLE001 - handed to the caller's thread
+            completed, result, error = True, None, raised
+        if not completed:
+            return False
+        if remove:
+            self._take(request)
+        self._count(request)
+        self._history.executed(request)
+        request.finish(result, error)
+        return True
 
+    def _fail_with_descriptions(self, request: Request, hint: str = "") -> None:
+        descriptions = self.comm.allgather({"key": request.key, **_describe(request)})
+        self._take(request)
+        self._history.lost()
+        request.finish(error=CollectiveMismatchError(describe_mismatch(descriptions) + hint))
 
-def _complete(request: Request, run: Callable[[MPI.Comm], tuple[bool, Any]], comm) -> bool:
-    """Runs ``request``; unless ``run`` reports that another rank raised the flag, records it
-    as executed (on every rank alike, even where it failed) and hands over its outcome."""
-    try:
-        completed, result = run(comm)
-        error = None
-    except BaseException as raised:  # noqa: BLE001 - handed to the caller's thread
-        completed, result, error = True, None, raised
-    if not completed:
+    def _settle_waiting_requests(self, give_up: bool) -> bool:
+        """The ranks proposed different graph-mode requests: each shares its pending keys, and
+        they run the smallest key pending on every rank. Returns False when there is none yet.
+        """
+        with self._pending_lock:
+            mine = {r.key: r for r in self._pending}
+        everyone = self.comm.allgather((sorted(mine), give_up))
+        common = set(mine).intersection(*(set(keys) for keys, _ in everyone))
+        if common:
+            chosen = mine[min(common)]
+            header = np.array([_digest(_signature_text(chosen))] * 2, dtype=np.int64)
+            header[1] = -header[1]
+            self.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
+            if header[0] == -header[1]:
+                self._execute(chosen)
+            else:
+                self._fail_with_descriptions(chosen)
+            return True
+        if any(gave_up for _, gave_up in everyone):
+            self._fail_with_descriptions(min(mine.values(), key=lambda r: r.key), _V1_HINT)
+            return True
         return False
-    _take(request)
-    _count(request)
-    _history.executed(request)
-    request.finish(result, error)
-    return True
+
+    def _take(self, request: Request) -> None:
+        with self._pending_lock:
+            self._pending.remove(request)
+
+    def _take_if_pending(self, request: Request) -> None:
+        with self._pending_lock:
+            if request in self._pending:
+                self._pending.remove(request)
+
+
+def _describe(request: Request) -> dict[str, Any]:
+    """What a rank tells the others about its collective when they must compare them."""
+    return {
+        "kind": request.kind,
+        "name": request.name,
+        "signature": request.signature,
+        "stand_in": request.stand_in_spec,
+    }
 
 
 _V1_HINT = (
@@ -257,77 +375,50 @@ _V1_HINT = (
 )
 
 
-def _fail_with_descriptions(world: World, request: Request, hint: str = "") -> None:
-    descriptions = world.comm.allgather(
-        {"key": request.key, "kind": request.kind, **request.signature}
-    )
-    _take(request)
-    _history.lost()
-    request.finish(error=CollectiveMismatchError(describe_mismatch(descriptions) + hint))
+def describe_mismatch(descriptions: list[dict[str, Any] | None], skip: Sequence[int] = ()) -> str:
+    """Says, for the first field where the ranks' collectives differ, what each rank sent.
 
-
-def _settle_waiting_requests(world: World, give_up: bool) -> bool:
-    """The ranks proposed different graph-mode requests: each shares its pending keys, and
-    they run the smallest key pending on every rank. Returns False when there is none yet."""
-    with _pending_lock:
-        mine = {r.key: r for r in _pending}
-    everyone = world.comm.allgather((sorted(mine), give_up))
-    common = set(mine).intersection(*(set(keys) for keys, _ in everyone))
-    if common:
-        chosen = mine[min(common)]
-        header = np.array([_digest(_signature_text(chosen))] * 2, dtype=np.int64)
-        header[1] = -header[1]
-        world.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
-        if header[0] == -header[1]:
-            _execute(world, chosen)
-        else:
-            _fail_with_descriptions(world, chosen)
-        return True
-    if any(gave_up for _, gave_up in everyone):
-        _fail_with_descriptions(world, min(mine.values(), key=lambda r: r.key), _V1_HINT)
-        return True
-    return False
-
-
-def _take(request: Request) -> None:
-    with _pending_lock:
-        _pending.remove(request)
-
-
-def describe_mismatch(descriptions: list[dict[str, Any]]) -> str:
-    """Says, for the first field where the ranks' collectives differ, what each rank sent."""
-    reference = descriptions[0]
-    for rank, description in enumerate(descriptions[1:], start=1):
+    ``descriptions`` holds each rank's (from ``_describe``); ranks in ``skip`` are left out.
+    """
+    ranked = [(r, d) for r, d in enumerate(descriptions) if r not in skip and d is not None]
+    first_rank, reference = ranked[0]
+    for rank, description in ranked[1:]:
         if description["key"] != reference["key"]:
             return (
                 f"ranks issued different collectives: rank {rank} called {description['key']}, "
-                f"rank 0 called {reference['key']}. Every rank must issue the same collectives "
-                "in the same order."
+                f"rank {first_rank} called {reference['key']}. Every rank must issue the same "
+                "collectives in the same order."
             )
-    key = reference["key"]
-    for rank, description in enumerate(descriptions[1:], start=1):
-        for field, value in reference.items():
-            other = description.get(field)
+    key, signature = reference["key"], reference["signature"]
+    for rank, description in ranked[1:]:
+        theirs = description["signature"]
+        for field in sorted(set(signature) | set(theirs)):
+            value, other = signature.get(field), theirs.get(field)
             if other == value:
                 continue
+            if field == "refused":
+                refused_rank, reason = (rank, other) if other else (first_rank, value)
+                return f"{key}: rank {refused_rank} refused its arguments: {reason}"
             if field == "tensors":
-                return f"{key}: " + _describe_tensor_difference(rank, other, value)
-            return f"{key}: rank {rank} sent {field} {other!r}, rank 0 sent {value!r}."
+                return f"{key}: " + _describe_tensor_difference(rank, other, value, first_rank)
+            return f"{key}: rank {rank} sent {field} {other!r}, rank {first_rank} sent {value!r}."
     return f"{key}: the ranks' signatures differ: {descriptions!r}"
 
 
-def _describe_tensor_difference(rank: int, theirs: list, ours: list) -> str:
+def _describe_tensor_difference(rank: int, theirs: list, ours: list, first_rank: int = 0) -> str:
     if len(theirs) != len(ours):
-        return f"rank {rank} sent {len(theirs)} tensors, rank 0 sent {len(ours)}."
+        return f"rank {rank} sent {len(theirs)} tensors, rank {first_rank} sent {len(ours)}."
     for index, ((their_dtype, their_shape), (our_dtype, our_shape)) in enumerate(
         zip(theirs, ours, strict=True)
     ):
         where = f"tensor {index}: " if len(ours) > 1 else ""
         if their_dtype != our_dtype:
-            return f"{where}rank {rank} sent dtype {their_dtype}, rank 0 sent {our_dtype}."
+            return (
+                f"{where}rank {rank} sent dtype {their_dtype}, rank {first_rank} sent {our_dtype}."
+            )
         if their_shape != our_shape:
             return (
                 f"{where}rank {rank} sent shape {tuple(their_shape)}, "
-                f"rank 0 sent {tuple(our_shape)}."
+                f"rank {first_rank} sent {tuple(our_shape)}."
             )
-    return f"rank {rank} sent different tensors from rank 0."
+    return f"rank {rank} sent different tensors from rank {first_rank}."

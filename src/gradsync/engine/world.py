@@ -17,7 +17,8 @@ import time
 from mpi4py import MPI
 
 from gradsync import roll_call
-from gradsync.engine.errors import NotInitializedError
+from gradsync.engine.coordinator import Coordinator, Request
+from gradsync.engine.errors import CollectiveMismatchError, NotInitializedError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,16 +26,21 @@ class World:
     """Communicators and coordinates of this process, fixed between init() and shutdown()."""
 
     comm: MPI.Comm
+    coordinator: Coordinator
     rank: int
     size: int
     local_rank: int
     local_size: int
     cross_rank: int
     cross_size: int
+    #: Whether every machine runs the same number of ranks.
+    homogeneous: bool
 
 
 _lock = threading.Lock()
 _world: World | None = None
+#: Called as the world is left (process sets free their communicators).
+_on_shutdown: list = []
 _previous_excepthook = None
 
 
@@ -44,12 +50,14 @@ def _make_world(parent: MPI.Comm) -> World:
     cross = comm.Split(color=local.Get_rank(), key=comm.Get_rank())
     world = World(
         comm=comm,
+        coordinator=Coordinator(comm),
         rank=comm.Get_rank(),
         size=comm.Get_size(),
         local_rank=local.Get_rank(),
         local_size=local.Get_size(),
         cross_rank=cross.Get_rank(),
         cross_size=cross.Get_size(),
+        homogeneous=len(set(comm.allgather(local.Get_size()))) == 1,
     )
     local.Free()
     cross.Free()
@@ -102,9 +110,6 @@ def shutdown() -> None:
     them, instead of waiting forever for this rank.
     """
     global _world, _previous_excepthook
-    from gradsync.engine import coordinator
-    from gradsync.engine.errors import CollectiveMismatchError
-
     world = _world
     if world is None:
         return
@@ -112,15 +117,17 @@ def shutdown() -> None:
     roll_call.leaving()
     try:
         while True:
-            leave = coordinator.Request("shutdown", "world", {}, lambda comm: None)
+            leave = Request("shutdown", "world", {}, lambda comm: None)
             try:
-                coordinator.run(world, leave)
+                world.coordinator.run(leave)
                 break
             except CollectiveMismatchError:
                 continue  # the others were told; wait for them to leave too
     finally:
         with _lock:
-            coordinator.reset()
+            for listener in _on_shutdown:
+                listener()
+            world.coordinator.reset()
             world.comm.Free()
             _world = None
             if _previous_excepthook is not None:

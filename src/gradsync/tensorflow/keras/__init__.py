@@ -1,48 +1,24 @@
-"""gradsync for Keras 3, under Horovod's ``horovod.tensorflow.keras`` names.
-
-For tf_keras (Keras 2), use ``gradsync.tensorflow.tf_keras``: the same names.
+"""gradsync under Horovod's ``horovod.tensorflow.keras`` names, for the Keras that ``tf.keras``
+is: Keras 3, or tf_keras (Keras 2) when ``TF_USE_LEGACY_KERAS=1``. Its callbacks are that
+Keras's callbacks.
 """
 
-from gradsync.tensorflow import (
-    Average,
-    Compression,
-    Sum,
-    allgather,
-    allreduce,
-    barrier,
-    broadcast,
-    broadcast_object,
-    broadcast_variables,
-    init,
-    is_initialized,
-    local_rank,
-    local_size,
-    rank,
-    shutdown,
-    size,
-)
-from gradsync.tensorflow.keras import callbacks
-from gradsync.tensorflow.keras.saving import load_model
-from gradsync.tensorflow.training import DistributedOptimizer
+# ruff: noqa: F401, F403
+from typing import Any
 
-__all__ = [
-    "Average",
-    "Compression",
-    "DistributedOptimizer",
-    "Sum",
-    "allgather",
-    "allreduce",
-    "barrier",
-    "broadcast",
-    "broadcast_object",
-    "broadcast_variables",
-    "callbacks",
-    "init",
-    "is_initialized",
-    "load_model",
-    "local_rank",
-    "local_size",
-    "rank",
-    "shutdown",
-    "size",
-]
+from gradsync.tensorflow.keras import callbacks
+from gradsync.tensorflow.training.keras import saving
+from gradsync.tensorflow.training.keras.api import *
+from gradsync.tensorflow.training.keras.api import __all__ as _api
+from gradsync.tensorflow.training.keras.flavors import flavor_of_tf_keras
+
+
+def load_model(filepath: str, custom_optimizers=None, custom_objects=None, **options: Any):
+    """Loads a Keras file with its optimizer wrapped in a ``DistributedOptimizer`` (see
+    ``gradsync.tensorflow.training.keras.saving.load_model``)."""
+    return saving.load_model(
+        flavor_of_tf_keras(), filepath, custom_optimizers, custom_objects, **options
+    )
+
+
+__all__ = [*_api, "callbacks", "load_model"]

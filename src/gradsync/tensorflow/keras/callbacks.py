@@ -1,15 +1,9 @@
-"""Keras 3 callbacks for data-parallel training."""
+"""Callbacks for data-parallel training, for the Keras that ``tf.keras`` is:
+``BroadcastGlobalVariablesCallback``, ``MetricAverageCallback``,
+``LearningRateScheduleCallback``, ``LearningRateWarmupCallback``, ``BestModelCheckpoint``."""
 
-from __future__ import annotations
+from gradsync.tensorflow.training.keras.callbacks import callback_classes
+from gradsync.tensorflow.training.keras.flavors import flavor_of_tf_keras
 
-import keras
-
-from gradsync.tensorflow.training.callbacks import AverageMetricsOnEpochEnd, BroadcastOnTrainBegin
-
-
-class BroadcastGlobalVariablesCallback(BroadcastOnTrainBegin, keras.callbacks.Callback):
-    __doc__ = BroadcastOnTrainBegin.__doc__
-
-
-class MetricAverageCallback(AverageMetricsOnEpochEnd, keras.callbacks.Callback):
-    __doc__ = AverageMetricsOnEpochEnd.__doc__
+globals().update(vars(callback_classes(flavor_of_tf_keras())))
+__all__ = sorted(vars(callback_classes(flavor_of_tf_keras())))

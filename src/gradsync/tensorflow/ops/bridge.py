@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from gradsync.engine.collectives import TensorSpec
+from gradsync.engine import CollectiveMismatchError, TensorSpec
+from gradsync.tensorflow.ops.errors import as_tensorflow_error
 from gradsync.tensorflow.ops.packing import Packing
 
 #: ``engine_call(arrays, name, may_wait, tensor_specs)``: ``tensor_specs`` is None, or the
@@ -67,6 +68,16 @@ def _release_adopted_arrays() -> None:
         tf.constant(0)
 
 
+def _translating_errors(engine_call: EngineCall) -> EngineCall:
+    def call(*args):
+        try:
+            return engine_call(*args)
+        except CollectiveMismatchError as error:
+            raise as_tensorflow_error(error) from None
+
+    return call
+
+
 def call_engine(
     engine_call: EngineCall,
     inputs: Sequence[tf.Tensor],
@@ -88,7 +99,9 @@ def call_engine(
     if output_shapes is None:
         output_shapes = [t.shape for t in inputs]
     if tf.executing_eagerly():
-        outputs = engine_call([t.numpy() for t in inputs], name or kind, False, None)
+        outputs = _translating_errors(engine_call)(
+            [t.numpy() for t in inputs], name or kind, False, None
+        )
         return [tf.convert_to_tensor(o) for o in outputs]
 
     _refuse_xla(kind)
@@ -103,7 +116,7 @@ def call_engine(
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         _release_adopted_arrays()
         specs = packing.tensor_specs(arrays) if packing is not None else None
-        return list(engine_call(list(arrays), key, may_wait, specs))
+        return list(_translating_errors(engine_call)(list(arrays), key, may_wait, specs))
 
     outputs = tf.numpy_function(
         run, carried, list(output_dtypes), stateful=True, name=f"gradsync_{kind}"

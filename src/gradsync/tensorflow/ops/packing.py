@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from gradsync.engine.collectives import TensorSpec
+from gradsync.engine import TensorSpec
 
 #: Tensors smaller than this are packed: copying them costs less than handing them over.
 SMALL_BYTES = 256 << 10

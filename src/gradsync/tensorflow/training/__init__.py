@@ -1,4 +1,4 @@
-"""The training API: gradient aggregation, the distributed optimizer and gradient tape."""
+"""The training API: settings, gradient aggregation, optimizers, the gradient tape."""
 
 from gradsync.tensorflow.training.aggregation import (
     GradientAggregator,
@@ -7,7 +7,11 @@ from gradsync.tensorflow.training.aggregation import (
 )
 from gradsync.tensorflow.training.hooks import BroadcastGlobalVariablesHook
 from gradsync.tensorflow.training.optimizer import DistributedOptimizer
-from gradsync.tensorflow.training.tape import DistributedGradientTape
+from gradsync.tensorflow.training.settings import SyncSettings
+from gradsync.tensorflow.training.tape import (
+    DistributedGradientTape,
+    PartialDistributedGradientTape,
+)
 
 __all__ = [
     "BroadcastGlobalVariablesHook",
@@ -16,4 +20,6 @@ __all__ = [
     "GradientAggregator",
     "LocalGradientAggregationHelper",
     "LocalGradientAggregationHelperEager",
+    "PartialDistributedGradientTape",
+    "SyncSettings",
 ]

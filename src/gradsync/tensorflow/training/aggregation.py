@@ -26,35 +26,16 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from gradsync.engine import rank, size
-from gradsync.tensorflow.ops import mark_rank_local
+from gradsync.engine import ProcessSet, global_process_set, rank, size
+from gradsync.tensorflow.ops import RANK_LOCAL_COLLECTION, mark_rank_local
 from gradsync.tensorflow.ops.bridge import in_v1_graph
-from gradsync.tensorflow.ops.collectives import RANK_LOCAL_COLLECTION
 from gradsync.tensorflow.training.reduction import GradientAllreducer, densify
-
-CountSteps = Literal["calls", "updates"]
-
-
-def check_backward_passes_per_step(value: object) -> int:
-    """Returns ``value`` if it is an integer >= 1, else raises ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"backward_passes_per_step must be an integer >= 1, got {value!r}. "
-            "It is the number of backward passes aggregated locally per communication."
-        )
-    return value
-
-
-def check_count_steps(value: object) -> CountSteps:
-    """Returns ``value`` if it is "calls" or "updates", else raises ``ValueError``."""
-    if value not in ("calls", "updates"):
-        raise ValueError(f'count_steps must be "calls" or "updates", got {value!r}.')
-    return value  # type: ignore[return-value]
+from gradsync.tensorflow.training.settings import SyncSettings
 
 
 def _new_state_variable(shape: tf.TensorShape, dtype: tf.DType, name: str) -> tf.Variable:
@@ -100,11 +81,8 @@ class GradientAggregator(tf.Module):
 
     def __init__(
         self,
-        backward_passes_per_step: int,
+        settings: SyncSettings,
         allreduce_func: GradientAllreducer,
-        sparse_as_dense: bool = False,
-        average_aggregated_gradients: bool = False,
-        count_steps: CountSteps = "calls",
         name: str = "gradient_aggregation",
     ) -> None:
         # An identifier that starts with a letter, as tf.Module and v1 graph op names require.
@@ -112,10 +90,11 @@ class GradientAggregator(tf.Module):
         if not name[:1].isalpha():
             name = f"gradsync_{name}"
         super().__init__(name=name)
-        self.backward_passes_per_step = check_backward_passes_per_step(backward_passes_per_step)
-        self.count_steps = check_count_steps(count_steps)
-        self.average_aggregated_gradients = bool(average_aggregated_gradients)
-        self.sparse_as_dense = bool(sparse_as_dense)
+        self.settings = settings
+        self.backward_passes_per_step = settings.backward_passes_per_step
+        self.count_steps = settings.count_steps
+        self.average_aggregated_gradients = settings.average_aggregated_gradients
+        self.sparse_as_dense = settings.sparse_as_dense
         self._allreduce = allreduce_func
         # Averaging over the window then happens inside the reduction, with no pass of its own.
         self._allreduce_scales = _takes_scale(allreduce_func)
@@ -144,7 +123,7 @@ class GradientAggregator(tf.Module):
     @property
     def aggregates(self) -> bool:
         """Whether gradients are accumulated at all (N > 1)."""
-        return self.backward_passes_per_step > 1
+        return self.settings.aggregates
 
     def _prepare(self, gradient):
         if isinstance(gradient, tf.IndexedSlices):
@@ -328,7 +307,7 @@ def _done_after(result: Any) -> tf.Tensor:
 
 
 class LocalGradientAggregationHelper(GradientAggregator):
-    """Horovod's graph-mode helper, with its constructor: ``optimizer_type`` and ``rank`` are
+    """Horovod's graph-mode helper, with its constructor: ``rank`` and ``optimizer_type`` are
     accepted for compatibility; the state is per helper, never per rank or shared."""
 
     _OPTIMIZER_TYPE_KERAS = "optimizer_type_keras"
@@ -342,23 +321,49 @@ class LocalGradientAggregationHelper(GradientAggregator):
         average_aggregated_gradients: bool,
         rank: int = 0,
         optimizer_type: str = _OPTIMIZER_TYPE_LEGACY,
-        count_steps: CountSteps = "calls",
+        process_set: ProcessSet = global_process_set,
+        scale_local_gradients: bool = True,
+        name: str | None = None,
+        count_steps: str = "calls",
     ) -> None:
-        super().__init__(
-            backward_passes_per_step,
-            allreduce_func,
-            sparse_as_dense,
-            average_aggregated_gradients,
-            count_steps,
+        settings = SyncSettings(
+            backward_passes_per_step=backward_passes_per_step,
+            average_aggregated_gradients=average_aggregated_gradients,
+            sparse_as_dense=sparse_as_dense,
+            process_set=process_set,
+            scale_local_gradients=scale_local_gradients,
+            count_steps=count_steps,
         )
+        super().__init__(settings, allreduce_func, name or "gradient_aggregation")
         self.rank = rank
         self.optimizer_type = optimizer_type
 
 
 class LocalGradientAggregationHelperEager(GradientAggregator):
-    """Horovod's eager helper: the same aggregator, whose constructor already takes Horovod's
-    arguments in Horovod's order (backward_passes_per_step, allreduce_func, sparse_as_dense,
-    average_aggregated_gradients)."""
+    """Horovod's eager helper, with its constructor (backward_passes_per_step,
+    allreduce_func, sparse_as_dense, average_aggregated_gradients, process_set,
+    scale_local_gradients, name); also usable in ``tf.function``."""
+
+    def __init__(
+        self,
+        backward_passes_per_step: int,
+        allreduce_func: GradientAllreducer,
+        sparse_as_dense: bool = False,
+        average_aggregated_gradients: bool = False,
+        process_set: ProcessSet = global_process_set,
+        scale_local_gradients: bool = True,
+        name: str | None = None,
+        count_steps: str = "calls",
+    ) -> None:
+        settings = SyncSettings(
+            backward_passes_per_step=backward_passes_per_step,
+            average_aggregated_gradients=average_aggregated_gradients,
+            sparse_as_dense=sparse_as_dense,
+            process_set=process_set,
+            scale_local_gradients=scale_local_gradients,
+            count_steps=count_steps,
+        )
+        super().__init__(settings, allreduce_func, name or "gradient_aggregation")
 
 
 def advance_counters(optimizer: Any = None, global_step: tf.Variable | None = None) -> list:

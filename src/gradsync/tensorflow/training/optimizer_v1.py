@@ -5,6 +5,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
+from gradsync.tensorflow.training.reduction import make_gradient_allreducer
+from gradsync.tensorflow.training.settings import SyncSettings
 
 
 class DistributedLegacyOptimizer(tf.compat.v1.train.Optimizer):
@@ -17,13 +19,18 @@ class DistributedLegacyOptimizer(tf.compat.v1.train.Optimizer):
     def __init__(
         self,
         optimizer: tf.compat.v1.train.Optimizer,
-        aggregator: GradientAggregator,
+        settings: SyncSettings,
         name: str | None = None,
         use_locking: bool = False,
     ) -> None:
         super().__init__(use_locking=use_locking, name=name or f"Distributed{optimizer.get_name()}")
         self._optimizer = optimizer
-        self._aggregator = aggregator
+        self.gradsync_settings = settings
+        self._aggregator = GradientAggregator(
+            settings,
+            make_gradient_allreducer(settings),
+            name=f"{name or 'distributed_optimizer'}_aggregation",
+        )
 
     def compute_gradients(self, *args, **kwargs):
         """The wrapped optimizer's gradients, aggregated and allreduced."""

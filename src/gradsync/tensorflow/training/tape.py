@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import tensorflow as tf
 
-from gradsync.engine.reduce_ops import ReduceOp
+from gradsync.engine import ProcessSet, ReduceOp, global_process_set
 from gradsync.tensorflow.ops import Compression, Compressor
-from gradsync.tensorflow.training.aggregation import (
-    CountSteps,
-    GradientAggregator,
-    advance_counters,
-    check_backward_passes_per_step,
-    check_count_steps,
-)
-from gradsync.tensorflow.training.reduction import make_gradient_allreducer
+from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
+from gradsync.tensorflow.training.reduction import LocalVariables, make_gradient_allreducer
+from gradsync.tensorflow.training.settings import CountSteps, SyncSettings
 
-# Aggregators by (sources, settings); each entry keeps its sources alive so ids stay unique.
-_SHARED_AGGREGATORS: dict[tuple, tuple[GradientAggregator, list]] = {}
+#: Where a source variable keeps the aggregators of the tapes that differentiate it, by
+#: settings and sources: they live exactly as long as the variable does.
+_AGGREGATORS_ATTRIBUTE = "_gradsync_tape_aggregators"
 
 
 class DistributedGradientTape:
@@ -31,6 +28,8 @@ class DistributedGradientTape:
     zip(grads, variables))``, which updates on the N-th call only (the others return this
     call's local gradients, which must not be applied). Use a plain optimizer with this tape,
     not a ``DistributedOptimizer``, or the gradients are reduced twice.
+
+    Sources registered with ``register_local_source`` are aggregated but not reduced.
     """
 
     def __init__(
@@ -42,6 +41,10 @@ class DistributedGradientTape:
         sparse_as_dense: bool = False,
         op: ReduceOp = ReduceOp.AVERAGE,
         gradient_predivide_factor: float = 1.0,
+        num_groups: int = 0,
+        groups: Any = None,
+        process_set: ProcessSet = global_process_set,
+        scale_local_gradients: bool = True,
         backward_passes_per_step: int = 1,
         average_aggregated_gradients: bool = False,
         count_steps: CountSteps = "calls",
@@ -49,37 +52,44 @@ class DistributedGradientTape:
         raise_on_non_finite: bool = False,
     ) -> None:
         self._tape = gradtape
-        check_backward_passes_per_step(backward_passes_per_step)
-        self._aggregator = aggregator
-        self._reduction = (
-            op,
-            compression,
-            sparse_as_dense,
-            gradient_predivide_factor,
-            raise_on_non_finite,
+        self.settings = SyncSettings(
+            backward_passes_per_step=backward_passes_per_step,
+            average_aggregated_gradients=average_aggregated_gradients,
+            count_steps=count_steps,
+            op=op,
+            compression=compression,
+            sparse_as_dense=sparse_as_dense,
+            gradient_predivide_factor=gradient_predivide_factor,
+            process_set=process_set,
+            scale_local_gradients=scale_local_gradients,
+            raise_on_non_finite=raise_on_non_finite,
+            num_groups=num_groups,
+            groups=groups,
         )
-        self._aggregation = (backward_passes_per_step, average_aggregated_gradients, count_steps)
-        # Refuse bad settings here, at construction, rather than at the first gradient().
-        make_gradient_allreducer(*self._reduction)
-        check_count_steps(count_steps)
+        self._aggregator = aggregator
+        self._local_sources = LocalVariables()
+
+    def register_local_source(self, source: tf.Variable) -> None:
+        """Keeps ``source``'s gradient on this rank: aggregated, never reduced."""
+        self._local_sources.add(source)
 
     def _aggregator_for(self, sources: list) -> GradientAggregator:
-        if self._aggregator is None:
-            key = (tuple(id(s) for s in sources), self._reduction, self._aggregation)
-            if key not in _SHARED_AGGREGATORS:
-                passes, average, count = self._aggregation
-                _SHARED_AGGREGATORS[key] = (
-                    GradientAggregator(
-                        passes,
-                        make_gradient_allreducer(*self._reduction),
-                        sparse_as_dense=self._reduction[2],
-                        average_aggregated_gradients=average,
-                        count_steps=count,
-                        name="gradient_tape_aggregation",
-                    ),
-                    sources,
-                )
-            self._aggregator = _SHARED_AGGREGATORS[key][0]
+        if self._aggregator is not None:
+            return self._aggregator
+        key = (
+            self.settings,
+            tuple(id(s) for s in sources),
+            tuple(sorted(id(s) for s in sources if s in self._local_sources)),
+        )
+        anchor = sources[0] if sources else self
+        shared = anchor.__dict__.setdefault(_AGGREGATORS_ATTRIBUTE, {})
+        if key not in shared:
+            shared[key] = GradientAggregator(
+                self.settings,
+                make_gradient_allreducer(self.settings, self._local_sources),
+                name="gradient_tape_aggregation",
+            )
+        self._aggregator = shared[key]
         return self._aggregator
 
     def __getattr__(self, name: str) -> Any:
@@ -104,3 +114,51 @@ class DistributedGradientTape:
             lambda: advance_counters(optimizer),
             after=[g for g, _ in grads_and_vars],
         )
+
+
+def PartialDistributedGradientTape(  # noqa: N802 - Horovod's name for a factory
+    gradtape: tf.GradientTape,
+    device_dense: str = "",
+    device_sparse: str = "",
+    compression: Compressor = Compression.none,
+    sparse_as_dense: bool = False,
+    op: ReduceOp = ReduceOp.AVERAGE,
+    gradient_predivide_factor: float = 1.0,
+    num_groups: int = 0,
+    groups: Any = None,
+    process_set: ProcessSet = global_process_set,
+    local_layers: Iterable[Any] | Any = None,
+    scale_local_gradients: bool = True,
+    **gradsync_options: Any,
+) -> DistributedGradientTape:
+    """A ``DistributedGradientTape`` whose ``local_layers``' trainable weights stay local:
+    aggregated, never reduced (their gradients are divided by the number of ranks under
+    Average when ``scale_local_gradients``, as Horovod does)."""
+    tape = DistributedGradientTape(
+        gradtape,
+        compression=compression,
+        sparse_as_dense=sparse_as_dense,
+        op=op,
+        gradient_predivide_factor=gradient_predivide_factor,
+        num_groups=num_groups,
+        groups=groups,
+        process_set=process_set,
+        scale_local_gradients=scale_local_gradients,
+        **gradsync_options,
+    )
+    for variable in local_layer_variables(local_layers):
+        tape.register_local_source(variable)
+    return tape
+
+
+def local_layer_variables(local_layers: Iterable[Any] | Any) -> list[tf.Variable]:
+    """The trainable weights of ``local_layers`` (a layer or a list of layers)."""
+    if local_layers is None:
+        return []
+    layers = local_layers if isinstance(local_layers, (list, tuple)) else [local_layers]
+    variables = []
+    for layer in layers:
+        if not hasattr(layer, "trainable_weights"):
+            raise ValueError(f"local_layers must hold Keras layers, got {layer!r}.")
+        variables.extend(layer.trainable_weights)
+    return variables

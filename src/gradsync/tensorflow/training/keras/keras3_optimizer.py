@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
-from gradsync.tensorflow.training.wrapping import rebuild_with_mixin
+from gradsync.tensorflow.training.aggregation import advance_counters
+from gradsync.tensorflow.training.keras.wrapping import SynchronizingOptimizer, rebuild_with_mixin
+from gradsync.tensorflow.training.reduction import LocalVariables
+from gradsync.tensorflow.training.settings import SyncSettings
 
 
-class _DistributedKerasOptimizer:
+class _DistributedKerasOptimizer(SynchronizingOptimizer):
     """Mixin placed before the user's optimizer class in the wrapped optimizer's MRO.
 
     Besides synchronizing, it saves gradsync's settings in the optimizer's config and the
@@ -22,11 +24,8 @@ class _DistributedKerasOptimizer:
     ``gradsync.tensorflow.keras.load_model`` brings both back.
     """
 
-    _gradsync_aggregator: GradientAggregator
-    _gradsync_settings: dict[str, Any]
-
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "gradsync": dict(self._gradsync_settings)}
+        return {**super().get_config(), "gradsync": self.gradsync_settings.to_config()}
 
     def save_own_variables(self, store) -> None:
         super().save_own_variables(store)
@@ -72,12 +71,12 @@ class _DistributedKerasOptimizer:
 
 
 def wrap_keras_optimizer(
-    optimizer: Any, aggregator: GradientAggregator, name: str | None, settings: dict[str, Any]
+    optimizer: Any,
+    settings: SyncSettings,
+    name: str | None,
+    local_variables: LocalVariables | None = None,
 ) -> Any:
-    """A new optimizer with ``optimizer``'s class and configuration that synchronizes.
-
-    ``settings`` are the JSON-serializable DistributedOptimizer arguments, kept in its config.
-    """
+    """A new optimizer with ``optimizer``'s class and configuration that synchronizes."""
     accumulation_steps = getattr(optimizer, "gradient_accumulation_steps", None)
     if accumulation_steps:
         raise ValueError(
@@ -86,11 +85,9 @@ def wrap_keras_optimizer(
             f"backward_passes_per_step={accumulation_steps} to DistributedOptimizer instead."
         )
     already_used = bool(optimizer.built and optimizer.variables)
-    wrapped = rebuild_with_mixin(
-        optimizer, _DistributedKerasOptimizer, aggregator, name, already_used
+    return rebuild_with_mixin(
+        optimizer, _DistributedKerasOptimizer, settings, name, already_used, local_variables
     )
-    wrapped._gradsync_settings = settings
-    return wrapped
 
 
 def is_keras_optimizer(optimizer: Any) -> bool:

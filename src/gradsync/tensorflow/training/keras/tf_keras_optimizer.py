@@ -13,14 +13,14 @@ import importlib.util
 from typing import Any
 
 from gradsync.tensorflow.ops.bridge import in_v1_graph
-from gradsync.tensorflow.training.aggregation import GradientAggregator, advance_counters
-from gradsync.tensorflow.training.wrapping import rebuild_with_mixin
+from gradsync.tensorflow.training.aggregation import advance_counters
+from gradsync.tensorflow.training.keras.wrapping import SynchronizingOptimizer, rebuild_with_mixin
+from gradsync.tensorflow.training.reduction import LocalVariables
+from gradsync.tensorflow.training.settings import SyncSettings
 
 
-class _DistributedTfKerasOptimizer:
+class _DistributedTfKerasOptimizer(SynchronizingOptimizer):
     """Mixin placed before the user's tf_keras optimizer class in the wrapped optimizer's MRO."""
-
-    _gradsync_aggregator: GradientAggregator
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
         """Aggregates and allreduces the gradients; updates only on the call that synchronized."""
@@ -73,7 +73,10 @@ def _already_used(optimizer: Any) -> bool:
 
 
 def wrap_tf_keras_optimizer(
-    optimizer: Any, aggregator: GradientAggregator, name: str | None
+    optimizer: Any,
+    settings: SyncSettings,
+    name: str | None,
+    local_variables: LocalVariables | None = None,
 ) -> Any:
     """A new tf_keras optimizer with ``optimizer``'s class and configuration that synchronizes."""
     if in_v1_graph() and not _is_legacy_family(optimizer):
@@ -83,5 +86,10 @@ def wrap_tf_keras_optimizer(
             f"disabled); use tf_keras.optimizers.legacy.{name}, as tf_keras itself does there."
         )
     return rebuild_with_mixin(
-        optimizer, _DistributedTfKerasOptimizer, aggregator, name, _already_used(optimizer)
+        optimizer,
+        _DistributedTfKerasOptimizer,
+        settings,
+        name,
+        _already_used(optimizer),
+        local_variables,
     )
