@@ -10,9 +10,7 @@ from support import run_ranks
 WORKER = Path(__file__).parent / "workers" / "callbacks_worker.py"
 
 
-@pytest.mark.parametrize(
-    "flavour, ranks", [("keras", 3), ("tf_keras", 2), ("tf_keras_session", 2)]
-)
+@pytest.mark.parametrize("flavour, ranks", [("keras", 3), ("tf_keras", 2), ("tf_keras_session", 2)])
 def test_ranks_start_from_root_and_average_metrics(tmp_path, flavour, ranks):
     root = ranks - 1
     reports = run_ranks(WORKER, ranks, tmp_path, flavour, str(root))

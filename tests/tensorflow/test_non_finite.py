@@ -34,7 +34,5 @@ def test_non_finite_gradient_raises_naming_variable_on_every_rank(tmp_path):
     reports = run_ranks(WORKER, 2, tmp_path, "raise")
     step = window_update(2)
     for report in reports:
-        assert "The gradient of variable w:0, reduced over ranks, is not finite" in report[
-            "error"
-        ]
+        assert "The gradient of variable w:0, reduced over ranks, is not finite" in report["error"]
         np.testing.assert_array_equal(report["windows"][-1]["w"], -step)  # nothing applied

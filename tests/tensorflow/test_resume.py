@@ -11,9 +11,7 @@ from support import run_ranks
 WORKER = Path(__file__).parent / "workers" / "resume_worker.py"
 
 
-@pytest.mark.parametrize(
-    "mode", ["keras_function", "keras_file", "tape_function", "legacy_graph"]
-)
+@pytest.mark.parametrize("mode", ["keras_function", "keras_file", "tape_function", "legacy_graph"])
 def test_resume_mid_window_matches_uninterrupted_run(tmp_path, mode):
     checkpoints = tmp_path / "checkpoints"
     full = run_ranks(WORKER, 2, tmp_path / "full", mode, "full", str(checkpoints))

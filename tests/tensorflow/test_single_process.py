@@ -251,7 +251,7 @@ def test_window_average_with_gradsync_or_own_allreduce_func(own_function):
     if own_function:
         allreduce = lambda grads, variables: gs.grouped_allreduce(grads)  # noqa: E731
     else:
-        allreduce = make_gradient_allreducer()
+        allreduce = make_gradient_allreducer(gs.SyncSettings())
     aggregator = gs.LocalGradientAggregationHelperEager(4, allreduce, False, True)
     variable = tf.Variable([0.0, 0.0])
     for step in range(1, 5):

@@ -21,6 +21,8 @@ from gradsync.engine.collectives import (
     join,
     reducescatter,
     split_rows,
+    start_timeline,
+    stop_timeline,
 )
 from gradsync.engine.errors import (
     CollectiveMismatchError,
@@ -92,4 +94,6 @@ __all__ = [
     "shutdown",
     "size",
     "split_rows",
+    "start_timeline",
+    "stop_timeline",
 ]

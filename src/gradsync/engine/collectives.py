@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from gradsync.engine import coordinator, fusion
+from gradsync.engine import coordinator, fusion, timeline
 from gradsync.engine.process_sets import Group, ProcessSet, group_of
 from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op
 from gradsync.engine.world import current
@@ -532,3 +532,25 @@ def join() -> int:
     in the others' allreduces (Sum and Average) with zeros. Returns the rank that joined
     last, on every rank."""
     return current("join").coordinator.join()
+
+
+def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
+    """Starts recording a timeline of this rank's collectives (see ``timeline``); call it on
+    every rank. ``GRADSYNC_TIMELINE=path`` starts one at ``init``."""
+    current("start_timeline")
+    timeline.start(file_path, mark_cycles)
+
+
+def stop_timeline() -> None:
+    """Stops recording, on every rank alike; rank 0 writes every rank's spans to the file."""
+    world = current("stop_timeline")
+    path, spans, origin, mark_cycles = timeline.take()
+
+    def gather(comm: MPI.Comm) -> None:
+        everyone = comm.gather((path, spans, origin), root=0)
+        if world.rank == 0 and path is not None:
+            timeline.write(
+                path, [s for _, s, _ in everyone], [o for _, _, o in everyone], mark_cycles
+            )
+
+    world.coordinator.run(coordinator.Request("stop_timeline", "timeline", {}, gather))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from gradsync.engine import timeline
 from gradsync.engine.errors import CollectiveMismatchError
 
 
@@ -57,6 +58,7 @@ class Request:
     #: What a rank that has joined needs to take part with zeros (see ``register_stand_in``);
     #: None for collectives that joined ranks cannot take part in.
     stand_in_spec: dict[str, Any] | None = None
+    issued_at: float = dataclasses.field(default_factory=time.perf_counter)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -229,6 +231,7 @@ class Coordinator:
     def _negotiate_and_run(self, proposal: Request, give_up: bool) -> bool:
         """One header round; returns False when the ranks should propose again later."""
         self._executed["negotiation"] = self._executed.get("negotiation", 0) + 1
+        began = time.perf_counter()
         name_digest, signature_digest = _digest(proposal.key), _digest(proposal.token[1])
         joining = int(proposal.kind == "join")
         header = np.array(
@@ -244,6 +247,8 @@ class Coordinator:
             dtype=np.int64,
         )
         self.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
+        if timeline.recording():
+            timeline.record(proposal.key, "negotiation", began, time.perf_counter())
         same_name = header[0] == -header[1]
         same_signature = header[2] == -header[3]
         all_may_wait = header[4] == -1
@@ -304,6 +309,7 @@ class Coordinator:
         """Runs ``request``; unless ``run`` reports that another rank raised the flag, records
         it as executed (on every rank alike, even where it failed) and hands over its outcome.
         """
+        began = time.perf_counter()
         try:
             completed, result = run(self.comm)
             error = None
@@ -311,6 +317,9 @@ class Coordinator:
             completed, result, error = True, None, raised
         if not completed:
             return False
+        if timeline.recording():
+            timeline.record(request.key, "queued", request.issued_at, began)
+            timeline.record(request.key, "communication", began, time.perf_counter())
         if remove:
             self._take(request)
         self._count(request)

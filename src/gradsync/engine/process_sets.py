@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from mpi4py import MPI
 
+from gradsync.engine import timeline
 from gradsync.engine import world as world_module
 from gradsync.engine.coordinator import Coordinator, Request
 from gradsync.engine.world import current
@@ -170,9 +171,16 @@ def _start(process_sets: Iterable[ProcessSet | Iterable[int]]) -> None:
     global_process_set._group = Group(world.comm, world.coordinator, world.rank, world.size)
     for process_set in process_sets:
         add_process_set(process_set)
+    timeline.start_from_environment()
 
 
 def _stop() -> None:
+    if timeline.recording():
+        path, spans, origin, mark_cycles = timeline.take()
+        if path is not None:  # written by each rank: the world is being left, gather no more
+            rank = current("shutdown").rank
+            target = path if rank == 0 else f"{path}.rank{rank}"
+            timeline.write(target, [spans], [origin], mark_cycles)
     with _lock:
         for process_set in _registered.values():
             process_set._invalidate()

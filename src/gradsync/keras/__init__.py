@@ -2,18 +2,12 @@
 ``import horovod.keras as hvd`` to ``import gradsync.keras as hvd``."""
 
 # ruff: noqa: F401, F403
-from typing import Any
-
 from gradsync.keras import callbacks
 from gradsync.tensorflow.training.keras import saving
 from gradsync.tensorflow.training.keras.api import *
 from gradsync.tensorflow.training.keras.api import __all__ as _api
 from gradsync.tensorflow.training.keras.flavors import KERAS_3
 
-
-def load_model(filepath: str, custom_optimizers=None, custom_objects=None, **options: Any):
-    """Loads a Keras file with its optimizer wrapped in a ``DistributedOptimizer``."""
-    return saving.load_model(KERAS_3, filepath, custom_optimizers, custom_objects, **options)
-
+load_model = saving.load_model_for(lambda: KERAS_3)
 
 __all__ = [*_api, "callbacks", "load_model"]

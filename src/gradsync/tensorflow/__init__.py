@@ -22,6 +22,8 @@ from gradsync.engine import (
     remove_process_set,
     shutdown,
     size,
+    start_timeline,
+    stop_timeline,
 )
 from gradsync.tensorflow.ops import (
     CollectiveMismatchError,
@@ -142,4 +144,6 @@ __all__ = [
     "shutdown",
     "size",
     "size_op",
+    "start_timeline",
+    "stop_timeline",
 ]

@@ -87,9 +87,7 @@ def keras_distributed():
         model.fit(x, y, batch_size=MICRO, shuffle=False, epochs=1, verbose=0)
         return [v.numpy() for v in model.trainable_variables], int(optimizer.iterations.numpy())
     optimizer = (
-        distributed_optimizer(keras_optimizer())
-        if mode == "keras_loop"
-        else keras_optimizer()
+        distributed_optimizer(keras_optimizer()) if mode == "keras_loop" else keras_optimizer()
     )
 
     @tf.function

@@ -30,7 +30,9 @@ if mode == "loss_scale":
     )
 else:
     optimizer = gs.DistributedOptimizer(
-        base, backward_passes_per_step=N, average_aggregated_gradients=True,
+        base,
+        backward_passes_per_step=N,
+        average_aggregated_gradients=True,
         raise_on_non_finite=True,
     )
 

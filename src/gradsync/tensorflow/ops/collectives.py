@@ -359,7 +359,9 @@ def _grouped_broadcast(
             summed = _fused_allreduce(upstream, ReduceOp.SUM, 1.0, 1.0, None, process_set)
             if _group_rank(process_set) == root_rank:
                 return summed
-            return [tf.zeros_like(g) for g in summed]
+            # Zeros that still depend on the allreduce, which every rank must run.
+            with tf.control_dependencies(summed):
+                return [tf.zeros_like(g) for g in summed]
 
         return outputs, gradient
 

@@ -226,16 +226,18 @@ class SaveBestOnRootRank:
         self,
         monitor: str = "val_loss",
         verbose: int = 0,
+        save_weights_only: bool = False,
         mode: str = "auto",
         save_freq: str | int = "epoch",
         filepath: str | None = None,
     ) -> None:
+        default = "best_model.weights.h5" if save_weights_only else "best_model.keras"
         super().__init__(
-            filepath=filepath or "best_model.keras",
+            filepath=filepath or default,
             monitor=monitor,
             verbose=verbose,
             save_best_only=True,
-            save_weights_only=False,
+            save_weights_only=save_weights_only,
             mode=mode,
             save_freq=save_freq,
         )

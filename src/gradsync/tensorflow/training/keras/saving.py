@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gradsync.tensorflow.training.keras.flavors import KerasFlavor
@@ -32,7 +33,7 @@ def _loader(optimizer_class: type, overrides: dict[str, Any]) -> type:
     return Loader
 
 
-def load_model(
+def _load_model(
     flavor: KerasFlavor,
     filepath: str,
     custom_optimizers: list[type] | None = None,
@@ -62,3 +63,31 @@ def load_model(
         if isinstance(candidate, type) and issubclass(candidate, bases):
             objects[candidate.__name__] = _loader(candidate, overrides)
     return keras.models.load_model(filepath, custom_objects=objects, **keras_options)
+
+
+def load_model_for(flavor: Callable[[], KerasFlavor]) -> Callable[..., Any]:
+    """Horovod's ``load_model(filepath, custom_optimizers, custom_objects, compression,
+    legacy_opts)`` for the Keras that ``flavor()`` names when it is called."""
+
+    def load_model(
+        filepath: str,
+        custom_optimizers: list[type] | None = None,
+        custom_objects: dict[str, Any] | None = None,
+        compression: Any = None,
+        legacy_opts: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Loads a Keras file with its optimizer wrapped in a ``DistributedOptimizer``: the
+        settings and aggregation state saved with it (Keras 3), where ``compression`` and
+        other ``DistributedOptimizer`` keyword arguments replace saved settings.
+        ``legacy_opts`` is accepted for compatibility (both optimizer families load)."""
+        return _load_model(
+            flavor(),
+            filepath,
+            custom_optimizers,
+            custom_objects,
+            compression=compression,
+            **options,
+        )
+
+    return load_model
