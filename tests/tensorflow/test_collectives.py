@@ -62,7 +62,8 @@ def test_collectives_match_numpy(tmp_path, mode, ranks):
                 values["concurrent_broadcast_float64"], per_rank("float64", ranks - 1)
             )
         errors = result["errors"]
-        assert "integer tensor (int32)" in errors["int_average"]
+        # Integer averages are computed, truncated toward zero, as Horovod computes them.
+        assert errors["int_average"] is None
         assert f"root_rank={ranks} is out of range" in errors["root_out_of_range"]
         assert errors["adasum"].startswith("NotImplementedError")
         assert "op must be" in errors["bad_op"]

@@ -135,7 +135,8 @@ def test_masked_statistics_count_only_unmasked_elements_of_every_rank(world, cas
 
 
 def test_variance_survives_a_mean_far_larger_than_the_spread(world):
-    """E[x^2] - E[x]^2 in float32 would be off by ~5e-2 here (mean 1000, variance ~1)."""
+    """Mean 1000, variance ~0.1 to 1: E[x^2] - E[x]^2 summed in float32 (as Horovod's layer
+    does) is off here by up to 100% (measured), beyond any useful tolerance."""
     ranks, reports = world
     xs = [share("keras_offset", r, r + 2, 4, loc=1000.0)[0] for r in range(ranks)]
     outputs, mean, variance = expected(xs, momentum=0.0)

@@ -41,7 +41,7 @@ def resolve_op(op: ReduceOp | None, average: bool | None) -> ReduceOp:
         raise ValueError("The op parameter supersedes average. Please provide only one of them.")
     if average is not None:
         warnings.warn(
-            "Parameter `average` has been replaced with `op` and will be removed",
+            "Parameter `average` has been replaced with `op` and will be removed in v1.0",
             DeprecationWarning,
             stacklevel=3,
         )
@@ -98,8 +98,8 @@ def _sparse_allreduce(
     """Reduces IndexedSlices by gathering every rank's values and indices."""
     if op not in (ReduceOp.SUM, ReduceOp.AVERAGE):
         raise NotImplementedError(
-            f"The {op.name.title()} reduce op is not supported with IndexedSlices: "
-            "use Sum or Average, or densify the gradient (sparse_as_dense=True)."
+            "Only Sum and Average ops are supported with tf.IndexedSlices "
+            f"(got {op.name.title()}); densify the gradient (sparse_as_dense=True) for others."
         )
     values, indices = grouped_allgather(
         [slices.values, slices.indices], name=name, process_set=process_set
@@ -211,10 +211,11 @@ def grouped_reducescatter(
         outputs = call_engine(engine_call, inputs, "reducescatter", name, output_shapes=shapes)
 
         def gradient(*upstream):
+            # As Horovod: the gathered gradient, times the size for Sum and the factors.
             gathered = grouped_allgather(list(upstream), process_set=process_set)
             scale = prescale_factor * postscale_factor
-            if op is ReduceOp.AVERAGE:
-                scale /= _group_size(process_set)
+            if op is ReduceOp.SUM:
+                scale *= _group_size(process_set)
             return [g * tf.cast(scale, g.dtype) if scale != 1.0 else g for g in gathered]
 
         return outputs, gradient
@@ -254,7 +255,7 @@ def grouped_allgather(
 ) -> list[tf.Tensor]:
     """Concatenates every rank's tensors along their first dimension, in rank order, in one
     negotiation. The first dimension may differ between ranks. Differentiable: each rank gets
-    its own rows of the gradient summed over ranks, as in Horovod."""
+    its own rows of the gradient averaged over ranks, as in Horovod."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]
 
     @tf.custom_gradient
@@ -269,7 +270,7 @@ def grouped_allgather(
         outputs = call_engine(engine_call, inputs, "allgather", name, output_shapes=shapes)
 
         def gradient(*upstream):
-            summed = _fused_allreduce(upstream, ReduceOp.SUM, 1.0, 1.0, None, process_set)
+            summed = _fused_allreduce(upstream, ReduceOp.AVERAGE, 1.0, 1.0, None, process_set)
             rows = [tf.reshape(tf.shape(t)[0] if t.shape.rank else 1, [1]) for t in inputs]
             everyone_rows = grouped_allgather(rows, process_set=process_set)
             me = _group_rank(process_set)
@@ -301,11 +302,11 @@ def alltoall(
     name: str | None = None,
     ignore_name_scope: bool = False,
     process_set: ProcessSet = global_process_set,
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
     """Sends ``splits[j]`` consecutive rows of ``tensor`` to rank ``j`` (the first dimension
     shared evenly without ``splits``); returns the rows received from every rank, in rank
-    order, and how many came from each (int32). Differentiable: the gradient travels back
-    to where the rows came from."""
+    order, and, when ``splits`` were given, how many came from each (int32), as Horovod.
+    Differentiable: the gradient travels back to where the rows came from."""
     tensor = tf.convert_to_tensor(tensor)
     inputs = [tensor] if splits is None else [tensor, tf.convert_to_tensor(splits, tf.int32)]
 
@@ -330,7 +331,8 @@ def alltoall(
 
         return (received, received_splits), gradient
 
-    return exchange(tensor)
+    received, received_splits = exchange(tensor)
+    return received if splits is None else (received, received_splits)
 
 
 def broadcast(
@@ -341,7 +343,7 @@ def broadcast(
     process_set: ProcessSet = global_process_set,
 ) -> tf.Tensor:
     """Returns ``root_rank``'s value of ``tensor`` on every rank. Differentiable, as in
-    Horovod: the root gets the gradient summed over ranks, the others zeros."""
+    Horovod: the root gets the gradient averaged over ranks, the others zeros."""
     return _grouped_broadcast([tf.convert_to_tensor(tensor)], root_rank, name, process_set)[0]
 
 
@@ -356,7 +358,7 @@ def _grouped_broadcast(
         outputs = call_engine(engine_call, inputs, "broadcast", name, elementwise=True)
 
         def gradient(*upstream):
-            summed = _fused_allreduce(upstream, ReduceOp.SUM, 1.0, 1.0, None, process_set)
+            summed = _fused_allreduce(upstream, ReduceOp.AVERAGE, 1.0, 1.0, None, process_set)
             if _group_rank(process_set) == root_rank:
                 return summed
             # Zeros that still depend on the allreduce, which every rank must run.
@@ -397,8 +399,8 @@ def broadcast_(
     name: str | None = None,
     process_set: ProcessSet = global_process_set,
 ) -> Any:
-    """Broadcasts ``root_rank``'s values into ``variables`` in place; returns the variables
-    (a single variable when one was given), updated."""
+    """Broadcasts ``root_rank``'s values into ``variables`` in place; returns their new
+    values (a list, or one value when one variable was given)."""
     single = isinstance(variables, tf.Variable)
     variables = [variables] if single else list(variables)
     values = _grouped_broadcast(
@@ -406,7 +408,7 @@ def broadcast_(
     )
     updated = [v.assign(value) for v, value in zip(variables, values, strict=True)]
     if tf.executing_eagerly():
-        updated = variables
+        updated = [v.read_value() for v in variables]
     return updated[0] if single else updated
 
 

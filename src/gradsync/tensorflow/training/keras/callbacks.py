@@ -95,7 +95,8 @@ def _assign(optimizer: Any, name: str, value: float) -> None:
 
 class ScheduleLearningRate:
     """Sets the learning rate to ``initial_lr * multiplier(epoch)`` from ``start_epoch`` up to
-    (not including) ``end_epoch``, as Horovod's ``LearningRateScheduleCallback``.
+    (not including) ``end_epoch``, as Horovod's ``LearningRateScheduleCallback`` (a constant
+    ``multiplier`` m gives ``initial_lr * m ** (epoch - start_epoch)``).
 
     With ``staircase`` (always, for a constant ``multiplier``) the rate changes at the first
     batch of each epoch; otherwise at every batch, with the epoch counted fractionally over
@@ -128,9 +129,9 @@ class ScheduleLearningRate:
         self.steps_per_epoch = steps_per_epoch
         if callable(multiplier):
             self.multiplier = multiplier
-        else:
+        else:  # as Horovod: a constant multiplies once per epoch after start_epoch
             self.staircase = True
-            self.multiplier = lambda epoch: multiplier
+            self.multiplier = lambda epoch: multiplier ** (epoch - start_epoch)
         self.current_epoch: int | None = None
         self.restore_momentum: float | None = None
 

@@ -32,7 +32,9 @@ How the moments are computed (``global_moments``):
   sum or average of the gradients expects).
 
 With one process the layer is exactly ``BatchNormalization``. It needs ``init()``, as
-Horovod's does, and the TensorFlow backend of Keras.
+Horovod's does, and the TensorFlow backend of Keras. Unlike Horovod's, an unnamed layer takes
+Keras's usual unique name (``sync_batch_normalization``, then ``..._1``): Horovod names every
+unnamed one ``sync_batch_normalization``, which a model with two of them refuses.
 """
 
 from __future__ import annotations
