@@ -24,7 +24,6 @@ NOT_OFFERED = {
     "refs_to_vars": "an internal helper of Horovod's local variables",
     "vars_to_refs": "an internal helper of Horovod's local variables",
     "handle_average_backwards_compatibility": "an internal helper (see resolve_op)",
-    "SyncBatchNormalization": "added with its own tests",
 }
 MODULES = {
     "horovod.tensorflow": "gradsync.tensorflow",

@@ -22,3 +22,21 @@ def test_ranks_start_from_root_and_average_metrics(tmp_path, flavour, ranks):
         assert report["after_broadcast"] == root_initial
         assert report["final"] == reports[0]["final"]
         np.testing.assert_allclose(report["averaged_loss"], mean_loss, rtol=1e-12)
+
+
+LEGACY_WORKER = Path(__file__).parent / "workers" / "legacy_keras_worker.py"
+
+
+def test_keras_2_program_runs_with_horovods_callbacks(tmp_path):
+    """tf_keras under TF_USE_LEGACY_KERAS=1: the callbacks are tf_keras callbacks, the ranks
+    end with the same weights, and the warmup gives the learning rates Horovod 0.28.1 gave
+    for the same program (2 ranks, initial_lr 0.1, 2 warmup epochs of 3 steps)."""
+    reports = run_ranks(LEGACY_WORKER, 2, tmp_path)
+    horovod_rates = [0.058333, 0.066667, 0.075, 0.083333, 0.091667, 0.1, 0.1, 0.1, 0.1]
+    for result in reports:
+        assert all(base.startswith("tf_keras") for base in result["keras_base"])
+        np.testing.assert_allclose(result["rates"], horovod_rates, rtol=1e-4)
+        # Metrics are averaged over ranks: every rank logs the same losses.
+        np.testing.assert_allclose(result["loss"], reports[0]["loss"], rtol=1e-6)
+        for ours, theirs in zip(result["weights"], reports[0]["weights"], strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-6)

@@ -72,6 +72,19 @@ from gradsync.tensorflow.training import (
     SyncSettings,
 )
 
+
+def __getattr__(name: str):
+    # Made on first use: it subclasses the BatchNormalization of the Keras tf.keras is.
+    if name == "SyncBatchNormalization":
+        from gradsync.tensorflow.training.keras.flavors import flavor_of_tf_keras
+        from gradsync.tensorflow.training.keras.sync_batch_norm import (
+            sync_batch_normalization_class,
+        )
+
+        return sync_batch_normalization_class(flavor_of_tf_keras())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 Average = ReduceOp.AVERAGE
 Sum = ReduceOp.SUM
 Adasum = ReduceOp.ADASUM
@@ -99,6 +112,7 @@ __all__ = [
     "Product",
     "ReduceOp",
     "Sum",
+    "SyncBatchNormalization",
     "SyncSettings",
     "add_process_set",
     "allgather",
