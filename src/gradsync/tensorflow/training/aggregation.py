@@ -326,14 +326,7 @@ class LocalGradientAggregationHelper(GradientAggregator):
         name: str | None = None,
         count_steps: str = "calls",
     ) -> None:
-        settings = SyncSettings(
-            backward_passes_per_step=backward_passes_per_step,
-            average_aggregated_gradients=average_aggregated_gradients,
-            sparse_as_dense=sparse_as_dense,
-            process_set=process_set,
-            scale_local_gradients=scale_local_gradients,
-            count_steps=count_steps,
-        )
+        settings = SyncSettings.from_arguments(locals())
         super().__init__(settings, allreduce_func, name or "gradient_aggregation")
         self.rank = rank
         self.optimizer_type = optimizer_type
@@ -355,14 +348,7 @@ class LocalGradientAggregationHelperEager(GradientAggregator):
         name: str | None = None,
         count_steps: str = "calls",
     ) -> None:
-        settings = SyncSettings(
-            backward_passes_per_step=backward_passes_per_step,
-            average_aggregated_gradients=average_aggregated_gradients,
-            sparse_as_dense=sparse_as_dense,
-            process_set=process_set,
-            scale_local_gradients=scale_local_gradients,
-            count_steps=count_steps,
-        )
+        settings = SyncSettings.from_arguments(locals())
         super().__init__(settings, allreduce_func, name or "gradient_aggregation")
 
 

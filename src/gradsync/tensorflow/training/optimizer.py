@@ -71,18 +71,5 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     when ``average_aggregated_gradients``. See ``SyncSettings`` for every setting.
     ``device_dense`` and ``device_sparse`` are accepted for compatibility and ignored.
     """
-    settings = SyncSettings(
-        backward_passes_per_step=backward_passes_per_step,
-        average_aggregated_gradients=average_aggregated_gradients,
-        count_steps=count_steps,
-        op=op,
-        compression=compression,
-        sparse_as_dense=sparse_as_dense,
-        gradient_predivide_factor=gradient_predivide_factor,
-        process_set=process_set,
-        scale_local_gradients=scale_local_gradients,
-        raise_on_non_finite=raise_on_non_finite,
-        num_groups=num_groups,
-        groups=groups,
-    )
+    settings = SyncSettings.from_arguments(locals())
     return distributed_optimizer(optimizer, settings, name, use_locking)

@@ -78,6 +78,13 @@ class SyncSettings:
                 f"groups must be an integer or a list of lists of variables, got {self.groups!r}."
             )
 
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> SyncSettings:
+        """Settings from a constructor's arguments (its ``locals()``): the ones that are
+        fields here, so every Horovod-style signature builds them the same way."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in arguments.items() if k in names})
+
     @property
     def aggregates(self) -> bool:
         """Whether gradients are accumulated locally at all (N > 1)."""

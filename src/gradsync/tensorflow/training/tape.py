@@ -52,20 +52,7 @@ class DistributedGradientTape:
         raise_on_non_finite: bool = False,
     ) -> None:
         self._tape = gradtape
-        self.settings = SyncSettings(
-            backward_passes_per_step=backward_passes_per_step,
-            average_aggregated_gradients=average_aggregated_gradients,
-            count_steps=count_steps,
-            op=op,
-            compression=compression,
-            sparse_as_dense=sparse_as_dense,
-            gradient_predivide_factor=gradient_predivide_factor,
-            process_set=process_set,
-            scale_local_gradients=scale_local_gradients,
-            raise_on_non_finite=raise_on_non_finite,
-            num_groups=num_groups,
-            groups=groups,
-        )
+        self.settings = SyncSettings.from_arguments(locals())
         self._aggregator = aggregator
         self._local_sources = LocalVariables()
 

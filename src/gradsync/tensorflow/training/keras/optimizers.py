@@ -37,20 +37,7 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     loop needs no ``_compute_gradients`` call (it returns local gradients, reduced when
     applied).
     """
-    settings = SyncSettings(
-        backward_passes_per_step=backward_passes_per_step,
-        average_aggregated_gradients=average_aggregated_gradients,
-        count_steps=count_steps,
-        op=op,
-        compression=compression,
-        sparse_as_dense=sparse_as_dense,
-        gradient_predivide_factor=gradient_predivide_factor,
-        process_set=process_set,
-        scale_local_gradients=scale_local_gradients,
-        raise_on_non_finite=raise_on_non_finite,
-        num_groups=num_groups,
-        groups=groups,
-    )
+    settings = SyncSettings.from_arguments(locals())
     return distributed_optimizer(optimizer, settings, name)
 
 
