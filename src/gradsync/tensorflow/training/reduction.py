@@ -71,7 +71,8 @@ def make_gradient_allreducer(
     ``gradient_predivide_factor`` splits an average into a division by the factor before the
     sum and by ``size / factor`` after it (for the range of low-precision gradients).
     None gradients stay None in their positions; those of ``local_variables`` are not
-    reduced (only scaled, see ``SyncSettings.scale_local_gradients``). With
+    reduced (only divided by the number of ranks when ``SyncSettings.scale_local_gradients``,
+    as Horovod does). With
     ``raise_on_non_finite``, a reduced gradient holding an inf or NaN raises an error naming
     its variable, the same on every rank, before anything is applied.
     """
@@ -108,9 +109,7 @@ def make_gradient_allreducer(
         results = [None] * len(gradients)
         for position, value in zip(positions, reduced, strict=True):
             results[position] = value
-        local_scale = (
-            scale / size if settings.scale_local_gradients and op is ReduceOp.AVERAGE else scale
-        )
+        local_scale = scale / size if settings.scale_local_gradients else scale
         for position in local_positions:
             gradient = gradients[position]
             results[position] = _scaled(gradient, local_scale)

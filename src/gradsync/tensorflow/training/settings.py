@@ -35,7 +35,7 @@ class SyncSettings:
     - ``op``, ``compression``, ``gradient_predivide_factor``, ``process_set``: how the
       reduction runs; ``sparse_as_dense`` densifies ``tf.IndexedSlices`` first.
     - ``scale_local_gradients``: local variables' gradients (never reduced) are divided by
-      the number of ranks under Average, as Horovod does.
+      the number of ranks, as Horovod does.
     - ``raise_on_non_finite``: a reduced gradient with an inf or NaN raises, naming its
       variable, instead of being applied.
     - ``num_groups`` and ``groups`` are Horovod's fusion grouping; gradsync fuses all

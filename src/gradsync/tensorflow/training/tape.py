@@ -82,13 +82,35 @@ class DistributedGradientTape:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tape, name)
 
-    def gradient(self, target, sources, output_gradients=None, **kwargs):
-        """The tape's gradients of ``target``, reduced over ranks (and aggregated)."""
+    @property
+    def process_set(self):
+        """The process set the gradients are reduced over."""
+        return self.settings.process_set
+
+    @property
+    def scale_local_gradients(self) -> bool:
+        """Whether local sources' gradients are divided by the number of ranks."""
+        return self.settings.scale_local_gradients
+
+    def gradient(self, target, sources, output_gradients=None, use_generic_names=False, **kwargs):
+        """The tape's gradients of ``target``, reduced over ranks (and aggregated).
+        ``use_generic_names`` is Horovod's and changes nothing here."""
         gradients = self._tape.gradient(target, sources, output_gradients, **kwargs)
         flat_sources = tf.nest.flatten(sources)
         flat = tf.nest.flatten(gradients, expand_composites=False)
         reduced = self._aggregator_for(flat_sources).compute_gradients(flat, flat_sources)
         return tf.nest.pack_sequence_as(gradients, reduced)
+
+    def get_local_and_global_gradients(
+        self, target, sources, output_gradients=None, use_generic_names=False
+    ):
+        """``gradient()``'s results split as Horovod does: ``(local, global)`` lists of
+        ``(source, gradient)`` pairs, local sources first."""
+        gradients = self.gradient(target, sources, output_gradients)
+        local, reduced = [], []
+        for source, gradient in zip(sources, gradients, strict=True):
+            (local if source in self._local_sources else reduced).append((source, gradient))
+        return local, reduced
 
     def apply_gradients(self, optimizer: Any, grads_and_vars) -> Any:
         """Applies with ``optimizer`` on the call that synchronized; otherwise only advances
@@ -119,8 +141,8 @@ def PartialDistributedGradientTape(  # noqa: N802 - Horovod's name for a factory
     **gradsync_options: Any,
 ) -> DistributedGradientTape:
     """A ``DistributedGradientTape`` whose ``local_layers``' trainable weights stay local:
-    aggregated, never reduced (their gradients are divided by the number of ranks under
-    Average when ``scale_local_gradients``, as Horovod does)."""
+    aggregated, never reduced (their gradients are divided by the number of ranks when
+    ``scale_local_gradients``, as Horovod does)."""
     tape = DistributedGradientTape(
         gradtape,
         compression=compression,

@@ -60,7 +60,7 @@ def PartialDistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
 ) -> Any:
     """A ``DistributedOptimizer`` whose ``local_layers``' trainable weights stay local:
     aggregated but never reduced nor broadcast (their gradients are divided by the number of
-    ranks under Average when ``scale_local_gradients``, as Horovod does)."""
+    ranks when ``scale_local_gradients``, as Horovod does)."""
     wrapped = DistributedOptimizer(
         optimizer,
         name=name,
