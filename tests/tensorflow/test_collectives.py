@@ -65,6 +65,6 @@ def test_collectives_match_numpy(tmp_path, mode, ranks):
         # Integer averages are computed, truncated toward zero, as Horovod computes them.
         assert errors["int_average"] is None
         assert f"root_rank={ranks} is out of range" in errors["root_out_of_range"]
-        assert errors["adasum"].startswith("NotImplementedError")
+        assert "NotImplementedError" in errors["adasum"]
         assert "op must be" in errors["bad_op"]
         assert "compression must be" in errors["bad_compression"]

@@ -2,7 +2,9 @@
 reduce ops, reducescatter, alltoall, grouped allgather, gradients, process sets, queries, and
 errors raised in step on every rank. Reports values for the test to check against numpy."""
 
+import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -162,6 +164,36 @@ try:
     errors["average_and_op"] = None
 except ValueError as error:
     errors["average_and_op"] = {"class": "ValueError", "message": str(error)}
+
+if mode == "graph":
+    # 21 independent collectives in one Session.run with 2 inter-op threads: all complete.
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=2)
+    with tf.Graph().as_default(), tf.compat.v1.Session(config=config) as session:
+        dtypes = [tf.float16, tf.float32, tf.float64, tf.int8, tf.uint8, tf.int32, tf.int64]
+        sums = [
+            gs.allreduce(tf.ones(shape, dtype) * tf.cast(rank + 1, dtype), op=gs.Sum)
+            for dtype in dtypes
+            for shape in [(), (5,), (3, 4)]
+        ]
+        values["many_in_one_run"] = [
+            [float(np.mean(a)) for a in session.run(sums)] for _ in range(2)
+        ]
+    # A collective that the other ranks never issue: an error on every rank within the stall
+    # timeout, not a hang.
+    os.environ["GRADSYNC_STALL_TIMEOUT"] = "3"
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        extra = gs.allreduce(tf.ones([2]))
+        common = gs.allreduce(tf.ones([3]))
+        started = time.monotonic()
+        try:
+            if rank == 1:
+                session.run(extra)
+            session.run(common)
+            errors["stall"] = None
+        except tf.errors.OpError as error:
+            errors["stall"] = {"message": str(error), "seconds": time.monotonic() - started}
+    os.environ["GRADSYNC_STALL_TIMEOUT"] = "30"
+    values["after_stall"] = evaluate(lambda: gs.allreduce(tf.constant([1.0]), op=gs.Sum))
 
 if mode == "eager":
     # The last rank runs out of data first and joins; the others go on with two allreduces.

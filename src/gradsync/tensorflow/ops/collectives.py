@@ -49,6 +49,15 @@ def resolve_op(op: ReduceOp | None, average: bool | None) -> ReduceOp:
     return ReduceOp.AVERAGE if op is None else op
 
 
+def _kind(kind: str, process_set: ProcessSet) -> str:
+    """The kind of collective as ops are named by it: a process set's collectives are counted
+    apart, so that building them on the set's ranks only leaves the names of the world's
+    collectives in a v1 graph the same on every rank."""
+    if process_set is global_process_set or process_set.process_set_id in (None, 0):
+        return kind
+    return f"{kind}_in_set{process_set.process_set_id}"
+
+
 def _group_size(process_set: ProcessSet) -> int:
     return engine.group_of(process_set, "a collective").size
 
@@ -75,7 +84,9 @@ def _fused_allreduce(
                 arrays, op, prescale_factor, postscale_factor, key, may_wait, specs, process_set
             )
 
-        outputs = call_engine(engine_call, inputs, "allreduce", name, elementwise=True)
+        outputs = call_engine(
+            engine_call, inputs, _kind("allreduce", process_set), name, elementwise=True
+        )
 
         def gradient(*upstream):
             return _fused_allreduce(
@@ -208,7 +219,9 @@ def grouped_reducescatter(
             )
 
         shapes = [tf.TensorShape([None]).concatenate(t.shape[1:]) for t in inputs]
-        outputs = call_engine(engine_call, inputs, "reducescatter", name, output_shapes=shapes)
+        outputs = call_engine(
+            engine_call, inputs, _kind("reducescatter", process_set), name, output_shapes=shapes
+        )
 
         def gradient(*upstream):
             # As Horovod: the gathered gradient, times the size for Sum and the factors.
@@ -267,7 +280,9 @@ def grouped_allgather(
             tf.TensorShape([None]).concatenate(t.shape[1:]) if t.shape.rank else [None]
             for t in inputs
         ]
-        outputs = call_engine(engine_call, inputs, "allgather", name, output_shapes=shapes)
+        outputs = call_engine(
+            engine_call, inputs, _kind("allgather", process_set), name, output_shapes=shapes
+        )
 
         def gradient(*upstream):
             summed = _fused_allreduce(upstream, ReduceOp.AVERAGE, 1.0, 1.0, None, process_set)
@@ -319,7 +334,7 @@ def alltoall(
         received, received_splits = call_engine(
             engine_call,
             [values, *inputs[1:]],
-            "alltoall",
+            _kind("alltoall", process_set),
             name,
             output_dtypes=[values.dtype, tf.int32],
             output_shapes=[tf.TensorShape([None]).concatenate(values.shape[1:]), [None]],
@@ -355,7 +370,9 @@ def _grouped_broadcast(
         def engine_call(arrays, key, may_wait, specs):
             return engine.broadcast(arrays, root_rank, key, may_wait, specs, process_set)
 
-        outputs = call_engine(engine_call, inputs, "broadcast", name, elementwise=True)
+        outputs = call_engine(
+            engine_call, inputs, _kind("broadcast", process_set), name, elementwise=True
+        )
 
         def gradient(*upstream):
             summed = _fused_allreduce(upstream, ReduceOp.AVERAGE, 1.0, 1.0, None, process_set)
@@ -463,7 +480,12 @@ def barrier(
 
     engine.group_of(process_set, "barrier")
     done = call_engine(
-        engine_call, [], "barrier", name, output_dtypes=[tf.int32], output_shapes=[[]]
+        engine_call,
+        [],
+        _kind("barrier", process_set),
+        name,
+        output_dtypes=[tf.int32],
+        output_shapes=[[]],
     )[0]
     return None if tf.executing_eagerly() else done
 
