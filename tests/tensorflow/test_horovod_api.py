@@ -74,6 +74,11 @@ def test_wrapped_optimizer_and_tape_offer_horovods_extras():
             continue  # a Keras 2 optimizer method; Keras 3 optimizers have none
         assert callable(getattr(optimizer, method)), method
     assert optimizer._agg_helper is not None
+    variable = tf.Variable([0.0])
+    optimizer.apply_gradients([(tf.constant([1.0]), variable)])
+    assert int(optimizer._agg_helper.counter.numpy()) == 1  # one of 2 backward passes so far
+    pairs = optimizer._compute_gradients(lambda: tf.reduce_sum(variable * 3.0), [variable])
+    assert float(pairs[0][0].numpy()[0]) == 3.0
     tape = gs.DistributedGradientTape(tf.GradientTape())
     assert callable(tape.register_local_source)
 

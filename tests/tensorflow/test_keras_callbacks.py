@@ -22,6 +22,11 @@ def test_ranks_start_from_root_and_average_metrics(tmp_path, flavour, ranks):
         assert report["after_broadcast"] == root_initial
         assert report["final"] == reports[0]["final"]
         np.testing.assert_allclose(report["averaged_loss"], mean_loss, rtol=1e-12)
+        # LearningRateScheduleCallback: 0.01 * 0.5 ** (epoch + batch / 4), at every batch.
+        expected = [0.01 * 0.5 ** (epoch + batch / 4) for epoch in range(2) for batch in range(4)]
+        np.testing.assert_allclose(report["rates"], expected, rtol=1e-6)
+    # BestModelCheckpoint: rank 0 alone writes the model.
+    assert [p.name.split(".")[0] for p in tmp_path.glob("best*")] == ["best0"]
 
 
 LEGACY_WORKER = Path(__file__).parent / "workers" / "legacy_keras_worker.py"

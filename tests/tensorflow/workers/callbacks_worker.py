@@ -52,17 +52,31 @@ class Record(keras.callbacks.Callback):
         if self.key == "raw":
             seen["after_broadcast"] = self.model.get_weights()
 
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.key == "raw":
+            rate = self.model.optimizer.learning_rate
+            value = (
+                keras.ops.convert_to_numpy(rate)
+                if flavour == "keras"
+                else (keras.backend.get_value(rate))
+            )
+            seen.setdefault("rates", []).append(float(value))
+
     def on_epoch_end(self, epoch, logs=None):
         seen[self.key] = float(logs["loss"])
 
 
+extension = "keras" if flavour == "keras" else "h5"
 callbacks = [
     gs.callbacks.BroadcastGlobalVariablesCallback(root_rank),
+    # The rate halves every epoch, changing at every batch (staircase=False); 4 steps an epoch.
+    gs.callbacks.LearningRateScheduleCallback(0.01, lambda epoch: 0.5**epoch, staircase=False),
     Record("raw"),
     gs.callbacks.MetricAverageCallback(),
     Record("averaged"),
+    gs.callbacks.BestModelCheckpoint(monitor="loss", filepath=f"{out_dir}/best{rank}.{extension}"),
 ]
-model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
 report(
     out_dir,
     rank,
@@ -72,5 +86,6 @@ report(
         "final": [w.tolist() for w in model.get_weights()],
         "raw_loss": seen["raw"],
         "averaged_loss": seen["averaged"],
+        "rates": seen["rates"],
     },
 )

@@ -82,15 +82,18 @@ class AverageMetricsOnEpochEnd:
 
 
 def _value(optimizer: Any, name: str) -> float:
-    return float(np.asarray(getattr(optimizer, name)))
+    value = getattr(optimizer, name)
+    if tf.executing_eagerly():
+        return float(np.asarray(value))
+    import tf_keras  # only tf_keras runs models in a v1 session
+
+    return float(tf_keras.backend.get_value(value))
 
 
 def _assign(optimizer: Any, name: str, value: float) -> None:
-    current = getattr(optimizer, name)
-    if isinstance(current, tf.Variable):
-        current.assign(value)
-    else:
-        setattr(optimizer, name, value)
+    """Sets a hyperparameter the way each Keras takes it: Keras 3 and tf_keras assign the
+    learning rate's variable, tf_keras's legacy optimizers their hyperparameter's."""
+    setattr(optimizer, name, value)
 
 
 class ScheduleLearningRate:
@@ -102,7 +105,9 @@ class ScheduleLearningRate:
     batch of each epoch; otherwise at every batch, with the epoch counted fractionally over
     ``steps_per_epoch`` (found from ``fit``'s parameters when not given). With
     ``momentum_correction``, an optimizer's ``momentum`` is scaled by new_lr / old_lr for the
-    batch in which the rate changed, then restored (Goyal et al., 2017).
+    batch in which the rate changed, then restored (Goyal et al., 2017). Keras 3 compiles its
+    momentum into the train step as a constant, so there the correction reaches only steps
+    traced afterwards; tf_keras optimizers take it at once.
     """
 
     model: Any
