@@ -68,6 +68,7 @@ def test_wrapped_optimizer_and_tape_offer_horovods_extras():
     import gradsync.tensorflow as gs
     import gradsync.tensorflow.keras as gsk
 
+    gs.init()  # a world of one process
     optimizer = gsk.DistributedOptimizer(keras.optimizers.SGD(0.1), backward_passes_per_step=2)
     for method in [*HOROVOD_API["keras_distributed_optimizer_methods"], "_compute_gradients"]:
         if method == "compute_gradients":
