@@ -16,14 +16,6 @@ HOROVOD_API = json.loads((Path(__file__).parent / "data" / "horovod_0_28_1_api.j
 #: Horovod names that are not part of this API, and why.
 NOT_OFFERED = {
     "elastic": "elastic training is its own piece of work (gradsync.tensorflow.elastic)",
-    "check_extension": "Horovod's check that its compiled extension loads; gradsync has none",
-    "gpu_available": "Horovod's probe of its GPU build; gradsync's collectives use host memory",
-    "check_num_rank_power_of_2": "an Adasum helper; Adasum is not implemented",
-    "is_version_greater_equal_than": "Horovod's internal Keras version check",
-    "split_list": "an internal helper of Horovod's grouping",
-    "refs_to_vars": "an internal helper of Horovod's local variables",
-    "vars_to_refs": "an internal helper of Horovod's local variables",
-    "handle_average_backwards_compatibility": "an internal helper (see resolve_op)",
 }
 MODULES = {
     "horovod.tensorflow": "gradsync.tensorflow",
@@ -197,6 +189,12 @@ def test_horovod_collectives_match_numpy(tmp_path, mode, ranks):
         # Horovod raises tf.errors.FailedPreconditionError; TensorFlow reports an error raised
         # inside a graph's op as UnknownError, keeping the message.
         assert mismatch["failed_precondition"] == (mode == "eager")
+        for label, text in [
+            ("dtype_mismatch", "rank 1 sent dtype float64, rank 0 sent float32"),
+            ("root_mismatch", "rank 1 sent root_rank 1, rank 0 sent 0"),
+        ]:
+            assert text in errors[label]["message"], errors[label]
+            assert errors[label]["failed_precondition"] == (mode == "eager")
         refused = errors["rank_dependent_splits"]
         assert "rank 1 refused its arguments: ValueError: alltoall splits" in refused["message"]
         assert refused["failed_precondition"] == (mode == "eager")

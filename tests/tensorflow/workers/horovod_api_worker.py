@@ -142,6 +142,10 @@ errors = {
     "shape_mismatch": error_of(
         lambda: gs.allreduce(tf.zeros([rank + 2], tf.float32), op=gs.Sum, name="mismatched")
     ),
+    "dtype_mismatch": error_of(
+        lambda: gs.allgather(tf.zeros([2, 2], tf.float64 if rank == 1 else tf.float32))
+    ),
+    "root_mismatch": error_of(lambda: gs.broadcast(tf.ones([2]), root_rank=min(rank, 1))),
     # Only rank 1's splits are wrong: every rank must fail in this collective, in step.
     "rank_dependent_splits": error_of(
         lambda: gs.alltoall(tf.zeros([size, 1]), splits=[size + rank % 2] + [0] * (size - 1))

@@ -2,6 +2,7 @@
 ``BroadcastGlobalVariablesCallback``, ``MetricAverageCallback``,
 ``LearningRateScheduleCallback``, ``LearningRateWarmupCallback``, ``BestModelCheckpoint``."""
 
+from gradsync.tensorflow.horovod_helpers import is_version_greater_equal_than  # noqa: F401
 from gradsync.tensorflow.training.keras.callbacks import callback_classes
 from gradsync.tensorflow.training.keras.flavors import flavor_of_tf_keras
 
