@@ -11,6 +11,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from gradsync.tensorflow.ops import mark_rank_local
 from gradsync.tensorflow.training.aggregation import GradientAggregator
 from gradsync.tensorflow.training.reduction import LocalVariables, make_gradient_allreducer
 from gradsync.tensorflow.training.settings import SyncSettings
@@ -26,8 +27,6 @@ class SynchronizingOptimizer:
 
     def register_local_var(self, var: tf.Variable) -> None:
         """Keeps ``var``'s gradient on this rank: aggregated, never reduced or broadcast."""
-        from gradsync.tensorflow.ops import mark_rank_local
-
         self._gradsync_local_variables.add(var)
         mark_rank_local(var)
 
