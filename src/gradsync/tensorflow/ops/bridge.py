@@ -8,17 +8,13 @@ A v1 graph gives no such order within one ``Session.run``: its ops are named aft
 in the graph (the same on every rank) and marked ``may_wait``, so the engine's coordinator
 settles their order between ranks at run time. For that, every collective of the run must be
 issued even while others wait, whatever the size of TensorFlow's thread pool; so in a v1 graph
-a collective is two steps that hold no TensorFlow thread while waiting: a quick ``submit`` op
-hands the arrays to an engine thread of gradsync's, and the result is read by a
-``DatasetToSingleElement`` op, an asynchronous kernel whose map function (the wait) runs on
-tf.data's own thread instead of TensorFlow's inter-op pool.
+the engine call runs in the map function of a one-element dataset read by
+``DatasetToSingleElement``, an asynchronous kernel: it waits on a tf.data thread of its own and
+holds none of TensorFlow's inter-op threads.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import itertools
-import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -140,32 +136,6 @@ def call_engine(
     return packing.unpack(outputs) if packing is not None else list(outputs)
 
 
-# Engine calls submitted from v1 graphs, by ticket. Threads are made as needed, so any number
-# of collectives can wait for the other ranks at once (a thread each).
-_engine_threads = concurrent.futures.ThreadPoolExecutor(
-    max_workers=4096, thread_name_prefix="gradsync-collective"
-)
-_submitted: dict[int, concurrent.futures.Future] = {}
-_tickets = itertools.count(1)
-_submitted_lock = threading.Lock()
-
-
-def _submit(run: Callable[..., list[np.ndarray]], arrays: Sequence[np.ndarray]) -> np.int64:
-    ticket = next(_tickets)
-    # The arrays alias TensorFlow's buffers and hold references to them, so the memory stays
-    # valid after this op returns; the engine reads them without writing.
-    future = _engine_threads.submit(run, *arrays)
-    with _submitted_lock:
-        _submitted[ticket] = future
-    return np.int64(ticket)
-
-
-def _result(ticket: np.ndarray) -> list[np.ndarray]:
-    with _submitted_lock:
-        future = _submitted.pop(int(ticket))
-    return future.result()
-
-
 def _run_without_holding_a_thread(
     run: Callable[..., list[np.ndarray]],
     carried: Sequence[tf.Tensor],
@@ -173,41 +143,37 @@ def _run_without_holding_a_thread(
     output_shapes: Sequence[tf.TensorShape],
     kind: str,
 ) -> list[tf.Tensor]:
-    """``run`` on ``carried`` in a v1 graph: submitted at once, its result read by a
-    ``DatasetToSingleElement`` op, which waits on tf.data's thread, not TensorFlow's pool."""
-    ticket = tf.numpy_function(
-        lambda *arrays: _submit(run, arrays),
-        list(carried),
-        tf.int64,
-        stateful=True,
-        name=f"gradsync_{kind}",
-    )
-    ticket.set_shape([])
+    """``run`` on ``carried`` in a v1 graph, inside the map function of a one-element dataset
+    read by ``DatasetToSingleElement``: an asynchronous kernel, which hands the work to
+    tf.data's thread and frees TensorFlow's inter-op thread at once."""
     dtypes = list(output_dtypes)
     shapes = [tf.TensorShape(shape) for shape in output_shapes]
 
-    def read(ticket_tensor):
-        results = tf.numpy_function(_result, [ticket_tensor], dtypes, stateful=True)
+    # A dataset element needs a component: a collective without inputs (barrier) gets one.
+    components = list(carried) or [tf.zeros([], tf.int32)]
+
+    def call(*tensors):
+        results = tf.numpy_function(run, list(tensors[: len(carried)]), dtypes, stateful=True)
         results = results if isinstance(results, (list, tuple)) else [results]
         for result, shape in zip(results, shapes, strict=True):
             result.set_shape(shape)
         return results
 
-    read_function = tf.function(read).get_concrete_function(tf.TensorSpec([], tf.int64))
-    dataset = tf.raw_ops.TensorDataset(components=[ticket], output_shapes=[[]])
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in components]
+    function = tf.function(call).get_concrete_function(*specs)
+    dataset = tf.raw_ops.TensorDataset(
+        components=components, output_shapes=[t.shape for t in components]
+    )
     dataset = tf.raw_ops.MapDataset(
         input_dataset=dataset,
         other_arguments=[],
-        f=read_function,
+        f=function,
         output_types=dtypes,
         output_shapes=shapes,
         use_inter_op_parallelism=False,
     )
     return list(
         tf.raw_ops.DatasetToSingleElement(
-            dataset=dataset,
-            output_types=dtypes,
-            output_shapes=shapes,
-            name=f"gradsync_{kind}_result",
+            dataset=dataset, output_types=dtypes, output_shapes=shapes, name=f"gradsync_{kind}"
         )
     )
