@@ -229,3 +229,29 @@ def test_horovod_collectives_match_numpy(tmp_path, mode, ranks):
         spans = [e for e in trace if e.get("cat") == "allreduce 'timed'"]
         assert {e["pid"] for e in spans} == set(range(ranks))
         assert {"queued", "communication"} <= {e["name"] for e in spans}
+
+
+def test_keras_modules_serve_their_keras():
+    """horovod.keras programs get Keras 3 callbacks from gradsync.keras; tf_keras programs get
+    tf_keras callbacks from gradsync.tensorflow.tf_keras; gradsync.tensorflow.keras follows
+    tf.keras (Keras 3 here, as TF_USE_LEGACY_KERAS is not set)."""
+    import keras
+    import tf_keras
+
+    import gradsync.keras
+    import gradsync.tensorflow.keras
+    import gradsync.tensorflow.tf_keras
+
+    for module, base in [
+        (gradsync.keras, keras.callbacks.Callback),
+        (gradsync.tensorflow.keras, keras.callbacks.Callback),
+        (gradsync.tensorflow.tf_keras, tf_keras.callbacks.Callback),
+    ]:
+        for name in HOROVOD_API["horovod.tensorflow.keras.callbacks"]:
+            callback = getattr(module.callbacks, name)
+            if isinstance(callback, type):
+                assert issubclass(callback, base), (module.__name__, name)
+        wrapped = module.DistributedOptimizer(
+            (tf_keras if module is gradsync.tensorflow.tf_keras else keras).optimizers.SGD(0.1)
+        )
+        assert callable(wrapped.register_local_var)
