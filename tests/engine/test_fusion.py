@@ -28,3 +28,26 @@ def test_buffer_in_use_is_never_reused():
     third = fusion.fuse(arrays)  # nothing refers to the kept buffers now: the first is reused
     assert third.ctypes.data == first_address
     np.testing.assert_array_equal(third[:1000], 1.0)
+
+
+def test_slices_of_results_keep_their_buffer_from_reuse(monkeypatch):
+    """A slice made from a result, kept after the result itself is gone, still keeps its
+    buffer from being lent again; no reference count is read to know it."""
+    import sys
+
+    def no_reference_counts(obj):
+        raise AssertionError("fusion must not read reference counts")
+
+    monkeypatch.setattr(sys, "getrefcount", no_reference_counts)
+    fusion.forget()
+    arrays = [np.arange(1000, dtype=np.float32)]
+    result = fusion.unfuse(fusion.fuse(arrays), [(1000,)])[0]
+    kept_slice = result[10:20][::2]
+    del result
+    for step in range(1, 4):
+        again = fusion.fuse([np.full(1000, -step, np.float32)])
+        assert not np.shares_memory(again, kept_slice)
+        del again
+    np.testing.assert_array_equal(kept_slice, np.arange(10, 20, 2, dtype=np.float32))
+    del kept_slice
+    assert fusion.fuse(arrays).base is not None  # the first buffer is free again

@@ -271,3 +271,16 @@ def test_xla_compiled_functions_are_refused_with_the_way_out():
         model.fit(np.ones((8, 3)), np.ones((8, 2)), verbose=0)
     model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
     model.fit(np.ones((8, 3)), np.ones((8, 2)), verbose=0)  # the way out works
+
+
+def test_results_kept_across_sync_steps_never_change():
+    """Results of one sync step, kept while later steps run in the same tf.function, keep
+    their values: their fusion buffer is not lent again while they are alive."""
+    step = tf.function(lambda x: gs.grouped_allreduce([x, x * 2.0], op=gs.Sum))
+    first = step(tf.ones([100_000]))
+    expected = [t.numpy().copy() for t in first]
+    for k in range(2, 6):
+        later = step(tf.fill([100_000], float(k)))
+        np.testing.assert_array_equal(later[1].numpy()[:3], [2.0 * k] * 3)
+    for kept, values in zip(first, expected, strict=True):
+        np.testing.assert_array_equal(kept.numpy(), values)

@@ -4,16 +4,23 @@ One large MPI call moves data far faster than many small ones, so collectives on
 arrays pack each dtype's arrays into one buffer, communicate it once, and hand back views.
 
 Each array starts at a 64-byte boundary of the buffer, so that TensorFlow adopts the views
-it gets back as tensors without copying them. Buffers are kept and reused once nothing refers
-to them any more (no view handed out is alive), which spares the page faults of fresh memory
-on every call; a buffer still in use is never reused.
+it gets back as tensors without copying them. Buffers are kept and reused once no array made
+from them is alive any more, which spares the page faults of fresh memory on every call; a
+buffer still in use is never reused.
+
+Whether a buffer is in use is observed directly, not counted: each time a buffer is lent, the
+arrays handed out are made through a new ``memoryview`` of its memory, which every array
+derived from them (views, slices, arrays TensorFlow adopted) keeps alive; the engine holds only
+a weak reference to it, so the buffer is free exactly when that memoryview is gone. No
+reference count is read, so this holds on any Python interpreter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import sys
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +29,26 @@ ALIGNMENT = 64  # bytes: TensorFlow's alignment for adopting numpy memory withou
 KEPT_PER_LAYOUT = 2  # buffers kept for reuse per (dtype, size)
 KEPT_LAYOUTS = 8  # distinct (dtype, size) pairs whose buffers are kept
 
-_kept: dict[tuple[np.dtype, int], list[tuple[np.ndarray, int]]] = {}
+
+@dataclasses.dataclass(eq=False)
+class _Kept:
+    """A buffer's memory, and a weak reference to the memoryview behind the arrays it last
+    lent (dead once none of them is alive)."""
+
+    memory: np.ndarray
+    lease: weakref.ref | None = None
+
+    def free(self) -> bool:
+        return self.lease is None or self.lease() is None
+
+    def lend(self, count: int, dtype: np.dtype) -> np.ndarray:
+        whole = np.frombuffer(memoryview(self.memory), dtype=np.uint8)
+        self.lease = weakref.ref(whole.base)
+        start = -whole.ctypes.data % ALIGNMENT
+        return whole[start : start + count * dtype.itemsize].view(dtype)
+
+
+_kept: dict[tuple[np.dtype, int], list[_Kept]] = {}
 _lock = threading.Lock()
 
 
@@ -44,31 +70,19 @@ def _offsets(counts: Sequence[int], itemsize: int) -> tuple[list[int], int]:
     return offsets, end
 
 
-def _references(owner: np.ndarray) -> int:
-    return sys.getrefcount(owner)
-
-
-def _aligned_view(owner: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
-    start = -owner.ctypes.data % ALIGNMENT
-    return owner[start : start + count * dtype.itemsize].view(dtype)
-
-
 def _buffer(count: int, dtype: np.dtype) -> np.ndarray:
-    """A zeroed-gaps buffer of ``count`` elements: a kept one that nothing refers to (no view
-    of it is alive), or a new one. Kept buffers are only ever handed out as new views, so
-    every view in use counts as a reference to the memory's owner."""
+    """A zeroed-gaps buffer of ``count`` elements: a kept one that no array uses any more, or
+    a new one (kept for reuse while there are few)."""
     key = (dtype, count)
     with _lock:
         kept = _kept.get(key, [])
-        for owner, idle in kept:
-            if _references(owner) == idle:
-                return _aligned_view(owner, count, dtype)
-        owner = np.zeros(count * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
+        for buffer in kept:
+            if buffer.free():
+                return buffer.lend(count, dtype)
+        buffer = _Kept(np.zeros(count * dtype.itemsize + ALIGNMENT, dtype=np.uint8))
         if len(kept) < KEPT_PER_LAYOUT and (key in _kept or len(_kept) < KEPT_LAYOUTS):
-            _kept.setdefault(key, kept).append((owner, 0))
-            idle = _references(owner)  # counted as in the loop above: local, tuple, argument
-            kept[-1] = (owner, idle)
-        return _aligned_view(owner, count, dtype)
+            _kept.setdefault(key, kept).append(buffer)
+        return buffer.lend(count, dtype)
 
 
 def fuse(arrays: Sequence[np.ndarray], scale: float = 1.0, extra: int = 0) -> np.ndarray:
