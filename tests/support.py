@@ -23,9 +23,15 @@ def worker_env() -> dict[str, str]:
 
 
 def run_ranks(
-    script: Path, ranks: int, out_dir: Path, *args: str, timeout: float = 300
-) -> list[dict]:
-    """Runs ``script out_dir args...`` on ``ranks`` MPI processes; returns each rank's report.
+    script: Path,
+    ranks: int,
+    out_dir: Path,
+    *args: str,
+    timeout: float = 300,
+    with_stderr: bool = False,
+):
+    """Runs ``script out_dir args...`` on ``ranks`` MPI processes; returns each rank's report
+    (and, ``with_stderr``, what the ranks wrote to stderr).
 
     A worker reports by writing ``out_dir/rank{r}.json`` (see ``report`` below).
     """
@@ -39,7 +45,8 @@ def run_ranks(
             f"{script.name} on {ranks} ranks exited {result.returncode}\n"
             f"stdout:\n{result.stdout[-5000:]}\nstderr:\n{result.stderr[-8000:]}"
         )
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(ranks)]
+    reports = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(ranks)]
+    return (reports, result.stderr) if with_stderr else reports
 
 
 def report(out_dir: str, rank: int, data: dict) -> None:

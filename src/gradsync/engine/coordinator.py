@@ -37,6 +37,7 @@ from mpi4py import MPI
 
 from gradsync.engine import timeline
 from gradsync.engine.errors import CollectiveMismatchError
+from gradsync.engine.stall import inspector_for
 
 
 @dataclasses.dataclass(eq=False)
@@ -154,11 +155,19 @@ class Coordinator:
         self._history = _History()
         #: How many collectives had completed when this rank joined; None while not joined.
         self._joined_at: int | None = None
+        self._inspector = inspector_for(comm)
 
     def executed_counts(self) -> dict[str, int]:
         """How many collectives of each kind ran here, and how many header exchanges
         (``"negotiation"``) it took to agree on them."""
         return dict(self._executed)
+
+    def close(self) -> None:
+        """Fails the pending requests and stops the stall inspector (the world is left)."""
+        self.reset()
+        if self._inspector is not None:
+            self._inspector.close()
+            self._inspector = None
 
     def reset(self) -> None:
         """Fails the pending requests and forgets the history of collectives."""
@@ -183,6 +192,9 @@ class Coordinator:
                     break
                 with self._pending_lock:
                     proposal = min(self._pending, key=lambda r: r.key)
+                # Ranks that joined or are leaving wait for the others by design.
+                inspect = proposal.kind not in ("join", "shutdown")
+                self._inspector.wait_for_everyone(self.comm, proposal.key, inspect)
                 if self._run_predicted():
                     continue
                 give_up = time.monotonic() - started > _stall_timeout()

@@ -70,6 +70,7 @@ class ProcessSet:
 
     def _invalidate(self) -> None:
         if self._group is not None and self.process_set_id != 0:
+            self._group.coordinator.close()
             self._group.comm.Free()
         self._group = None
         self.process_set_id = None

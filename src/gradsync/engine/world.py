@@ -127,7 +127,7 @@ def shutdown() -> None:
         with _lock:
             for listener in _on_shutdown:
                 listener()
-            world.coordinator.reset()
+            world.coordinator.close()
             world.comm.Free()
             _world = None
             if _previous_excepthook is not None:
