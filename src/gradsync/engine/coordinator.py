@@ -19,6 +19,11 @@ one ``Session.run``. They are marked ``may_wait``: when the ranks propose differ
 share the names of all their pending requests and run the smallest name pending everywhere,
 or wait for more to arrive, so all ranks converge on the same order. A disagreement that
 persists for ``GRADSYNC_STALL_TIMEOUT`` seconds (default 60) becomes an error.
+
+Every round starts with the stall inspector's barrier (``stall``), so a rank kept waiting by
+another can say which. A rank that has joined (``join``) proposes "join" in every round; while
+some ranks have, the others' allreduces run with the joined ranks contributing zeros (a
+stand-in request made from the others' description, see ``register_stand_in``).
 """
 
 from __future__ import annotations
