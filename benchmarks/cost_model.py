@@ -31,10 +31,12 @@ def predictions(parameters: int, step_seconds: float, ns: list[int]) -> list[dic
     for link, (bandwidth, latency) in LINKS.items():
         for workers in WORKERS:
             seconds = ring_seconds(nbytes, workers, bandwidth, latency)
-            rows.append({
-                "link": link,
-                "workers": workers,
-                "allreduce_seconds": seconds,
-                "efficiency": {n: efficiency(step_seconds, n, seconds) for n in ns},
-            })
+            rows.append(
+                {
+                    "link": link,
+                    "workers": workers,
+                    "allreduce_seconds": seconds,
+                    "efficiency": {n: efficiency(step_seconds, n, seconds) for n in ns},
+                }
+            )
     return rows

@@ -43,13 +43,15 @@ PLANS = {
     "full": {
         "allreduce": {"sizes": [1, 4, 16, 64], "repeats": 9},
         "accumulate": {"sizes": [16, 64], "repeats": 9},
-        "training": {"models": ["1M", "10M", "50M"], "ns": [1, 2, 4, 8], "repeats": 7,
-                     "micro_steps": 16},
-        "mwms": {"models": ["1M", "10M"], "ns": [1, 2, 4, 8], "repeats": 5,
-                 "micro_steps": 8},
+        "training": {
+            "models": ["1M", "10M", "50M"],
+            "ns": [1, 2, 4, 8],
+            "repeats": 7,
+            "micro_steps": 16,
+        },
+        "mwms": {"models": ["1M", "10M"], "ns": [1, 2, 4, 8], "repeats": 5, "micro_steps": 8},
         "memory": {"models": ["10M", "50M"], "configs": ["plain", "1", "4"]},
-        "horovod": {"models": ["1M", "10M"], "ns": [1, 2, 4, 8], "repeats": 7,
-                    "micro_steps": 16},
+        "horovod": {"models": ["1M", "10M"], "ns": [1, 2, 4, 8], "repeats": 7, "micro_steps": 16},
         "soak": {"micro_steps": 10000},
     },
 }
@@ -70,13 +72,15 @@ def launch(name: str, commands: list[tuple[list[str], dict]], timeout: float) ->
     started = time.monotonic()
     with open(log_path, "w") as log:
         processes = [
-            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, **env}, cwd=HERE)
+            subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=HERE
+            )
             for command, env in commands
         ]
         try:
-            codes = [p.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
-                     for p in processes]
+            codes = [
+                p.wait(timeout=max(1.0, timeout - (time.monotonic() - started))) for p in processes
+            ]
         except subprocess.TimeoutExpired:
             for process in processes:
                 process.kill()
@@ -100,8 +104,11 @@ def tf_config_workers(script: str, args: list[str]) -> list[tuple[list, dict]]:
     return [
         (
             [PYTHON, script, *args],
-            {"TF_CONFIG": json.dumps(
-                {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})},
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                )
+            },
         )
         for i in range(2)
     ]
@@ -144,8 +151,11 @@ def run_item(item: str, plan: dict, timeout: float) -> list[dict]:
     repeats = ["--repeats", str(plan.get("repeats", 3))]
     if item in ("allreduce", "accumulate"):
         args = [*repeats, "--out", str(tmp), "--sizes", *map(str, plan["sizes"])]
-        commands = mpi(f"{item}.py", args) if item == "allreduce" else [
-            ([PYTHON, "accumulate.py", *args], {})]
+        commands = (
+            mpi(f"{item}.py", args)
+            if item == "allreduce"
+            else [([PYTHON, "accumulate.py", *args], {})]
+        )
         return [run_one(item, commands, tmp, timeout)]
     results = []
     for model in plan["models"]:
@@ -153,23 +163,35 @@ def run_item(item: str, plan: dict, timeout: float) -> list[dict]:
         if item == "memory":
             for config in plan["configs"]:
                 args = [*common, "--memory", config]
-                results.append(run_one(f"memory-{model}-{config}",
-                                       mpi("training.py", args), tmp, timeout))
+                results.append(
+                    run_one(f"memory-{model}-{config}", mpi("training.py", args), tmp, timeout)
+                )
             continue
-        args = [*common, *repeats, "--ns", *map(str, plan["ns"]),
-                "--micro-steps", str(plan["micro_steps"])]
+        args = [
+            *common,
+            *repeats,
+            "--ns",
+            *map(str, plan["ns"]),
+            "--micro-steps",
+            str(plan["micro_steps"]),
+        ]
         if item == "training":
             results.append(run_one(f"training-{model}", mpi("training.py", args), tmp, timeout))
         elif item == "mwms":
-            results.append(run_one(f"mwms-{model}", tf_config_workers("mwms.py", args), tmp,
-                                   timeout))
+            results.append(
+                run_one(f"mwms-{model}", tf_config_workers("mwms.py", args), tmp, timeout)
+            )
         elif item == "horovod":
             graph = [*args, "--mode", "graph"]
-            results.append(run_one(f"graph-gradsync-{model}", mpi("training.py", graph), tmp,
-                                   timeout))
+            results.append(
+                run_one(f"graph-gradsync-{model}", mpi("training.py", graph), tmp, timeout)
+            )
             hvd = [*graph, "--framework", "horovod"]
-            results.append(run_one(f"graph-horovod-{model}",
-                                   mpi("training.py", hvd, "horovodrun"), tmp, timeout))
+            results.append(
+                run_one(
+                    f"graph-horovod-{model}", mpi("training.py", hvd, "horovodrun"), tmp, timeout
+                )
+            )
     return results
 
 

@@ -9,7 +9,7 @@ not reached it (with the collective each is in, if any). With
 ``GRADSYNC_STALL_SHUTDOWN_TIME`` set, a rank that has waited that long raises a
 ``StallError`` saying the same, which ends the job (as any uncaught error does).
 
-Each rank answers such questions from a thread that wakes 20 times a second; it answers even
+Each rank answers such questions from a thread that wakes 5 times a second; it answers even
 while its main thread sleeps or computes, as long as it does not hold the interpreter lock.
 """
 
@@ -141,7 +141,7 @@ class StallInspector:
                     doing = [(key, now - since) for key, since in _doing.values()]
                 self.comm.send((question, doing), dest=source, tag=_ANSWER)
             else:
-                self._stop.wait(0.05)
+                self._stop.wait(0.2)
 
 
 def inspector_for(comm: MPI.Comm) -> StallInspector | None:
