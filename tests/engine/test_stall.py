@@ -17,7 +17,9 @@ WORKER = Path(__file__).parent / "workers" / "stall_worker.py"
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_waiting_ranks_name_the_late_rank_then_finish_exactly(tmp_path, ranks, monkeypatch):
-    monkeypatch.setenv("GRADSYNC_STALL_CHECK_TIME", "2")
+    # The late rank comes after the warning (3 s) and before the shutdown time (30 s).
+    monkeypatch.setenv("GRADSYNC_STALL_CHECK_TIME", "3")
+    monkeypatch.setenv("GRADSYNC_STALL_SHUTDOWN_TIME", "30")
     reports, stderr = run_ranks(WORKER, ranks, tmp_path, "late", with_stderr=True)
     late = ranks - 1
     for mode in ["eager", "function", "graph"]:
@@ -39,9 +41,9 @@ def test_waiting_ranks_name_the_late_rank_then_finish_exactly(tmp_path, ranks, m
     assert f"gradsync: rank {late} has waited" not in stderr
 
 
-@pytest.mark.parametrize("ranks, mode", [(2, "eager"), (3, "graph")])
+@pytest.mark.parametrize("ranks, mode", [(2, "eager"), (2, "function"), (3, "graph")])
 def test_shutdown_time_ends_the_job_with_the_stall_named(tmp_path, ranks, mode):
-    env = {**worker_env(), "GRADSYNC_STALL_CHECK_TIME": "2", "GRADSYNC_STALL_SHUTDOWN_TIME": "4"}
+    env = {**worker_env(), "GRADSYNC_STALL_CHECK_TIME": "3", "GRADSYNC_STALL_SHUTDOWN_TIME": "5"}
     command = [MPIEXEC, "-n", str(ranks), sys.executable, str(WORKER), str(tmp_path), "stuck", mode]
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
@@ -50,4 +52,4 @@ def test_shutdown_time_ends_the_job_with_the_stall_named(tmp_path, ranks, mode):
     output = result.stdout + result.stderr
     assert "StallError" in output
     assert f"not reached by rank {ranks - 1}" in output
-    assert "GRADSYNC_STALL_SHUTDOWN_TIME=4" in output
+    assert "GRADSYNC_STALL_SHUTDOWN_TIME=5" in output

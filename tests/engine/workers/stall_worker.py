@@ -1,8 +1,8 @@
 """One rank arrives late at a collective, in eager mode, in tf.function and in a v1 graph.
 
-Usage: out_dir scenario. "late": the last rank sleeps 5 s before each collective while the
-stall check time is 2 s; the others must warn, then finish with exact values. "stuck": the last
-rank sleeps for a minute; the shutdown time (4 s) must end the job first.
+Usage: out_dir scenario [mode]. "late": the last rank sleeps 5 s before each collective while
+the stall check time is 3 s; the others must warn, then finish with exact values. "stuck" (in
+one mode): the last rank sleeps for a minute; the shutdown time must end the job first.
 """
 
 import sys
