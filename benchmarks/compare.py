@@ -6,7 +6,9 @@ revision, launched alternately in one invocation, so that both meet the same mac
 The earlier revision's ``src`` is checked out in a temporary git worktree; the worker script is
 this tree's, so both measure the same cases. Each figure is the median, over the rounds, of a
 path's median ratio to mpi4py's raw ``Allreduce`` of the same bytes timed in the same repeats
-(``ratio_to_raw``): load that slows both alike cancels out.
+(``ratio_to_raw``): load that slows both alike cancels out. The median milliseconds are
+printed too: on a virtual machine whose raw reduce itself changes speed from launch to launch
+(for instance with how busy its other threads keep the cores), they are the fairer comparison.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     ratios: dict[str, dict[int, dict[str, list[float]]]] = {"base": {}, "this": {}}
+    seconds: dict[str, dict[int, dict[str, list[float]]]] = {"base": {}, "this": {}}
     with tempfile.TemporaryDirectory() as scratch:
         worktree = Path(scratch) / "base"
         subprocess.run(
@@ -75,9 +78,14 @@ def main() -> None:
                     out = Path(scratch) / f"{label}{round_number}.json"
                     result = run_allreduce(src, args.sizes, args.repeats, out)
                     for size, measured in zip(args.sizes, result["sizes"], strict=True):
-                        for path in PATHS:
-                            ratio = measured["ratio_to_raw"][path]["median"]
-                            ratios[label].setdefault(size, {}).setdefault(path, []).append(ratio)
+                        for path in ["raw_mpi4py", *PATHS]:
+                            took = measured["seconds"][path]["median"]
+                            seconds[label].setdefault(size, {}).setdefault(path, []).append(took)
+                            if path in PATHS:
+                                ratio = measured["ratio_to_raw"][path]["median"]
+                                ratios[label].setdefault(size, {}).setdefault(path, []).append(
+                                    ratio
+                                )
         finally:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=True
@@ -86,12 +94,21 @@ def main() -> None:
         f"median ratio to raw mpi4py over {args.rounds} alternating rounds "
         f"(base = {args.base}, this = the working tree)"
     )
-    print(f"{'MB':>4} {'path':<30} {'base':>8} {'this':>8} {'this/base':>10}")
+    print(
+        f"{'MB':>4} {'path':<30} {'base':>8} {'this':>8} {'this/base':>10}"
+        f" {'base ms':>9} {'this ms':>9}"
+    )
     for size in args.sizes:
-        for path in PATHS:
-            base = statistics.median(ratios["base"][size][path])
-            this = statistics.median(ratios["this"][size][path])
-            print(f"{size:>4} {path:<30} {base:8.2f} {this:8.2f} {this / base:10.2f}")
+        for path in ["raw_mpi4py", *PATHS]:
+            base_ms = statistics.median(seconds["base"][size][path]) * 1e3
+            this_ms = statistics.median(seconds["this"][size][path]) * 1e3
+            if path in PATHS:
+                base = statistics.median(ratios["base"][size][path])
+                this = statistics.median(ratios["this"][size][path])
+                ratio_columns = f"{base:8.2f} {this:8.2f} {this / base:10.2f}"
+            else:
+                ratio_columns = f"{'':8} {'':8} {'':10}"
+            print(f"{size:>4} {path:<30} {ratio_columns} {base_ms:9.3f} {this_ms:9.3f}")
 
 
 if __name__ == "__main__":
