@@ -39,6 +39,7 @@ from gradsync.engine.process_sets import (
     remove_process_set,
 )
 from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op
+from gradsync.engine.stall import StallError
 from gradsync.engine.world import (
     cross_rank,
     cross_size,
@@ -64,6 +65,7 @@ __all__ = [
     "NotInitializedError",
     "ProcessSet",
     "ReduceOp",
+    "StallError",
     "TensorSpec",
     "add_process_set",
     "allgather",
