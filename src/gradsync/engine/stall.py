@@ -56,14 +56,18 @@ class StallInspector:
         self.comm = comm.Dup()  # questions and answers never meet the collectives' messages
         self._questions = itertools.count()
         self._stop = threading.Event()
-        self._answering = threading.Thread(
-            target=self._answer, daemon=True, name="gradsync-stall-inspector"
-        )
-        self._answering.start()
+        # Answering from a thread of its own needs an MPI that allows calls from any thread.
+        self._answering: threading.Thread | None = None
+        if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+            self._answering = threading.Thread(
+                target=self._answer, daemon=True, name="gradsync-stall-inspector"
+            )
+            self._answering.start()
 
     def close(self) -> None:
         self._stop.set()
-        self._answering.join()
+        if self._answering is not None:
+            self._answering.join()
         self.comm.Free()
 
     def wait_for_everyone(self, comm: MPI.Comm, key: str, inspect: bool = True) -> None:
@@ -101,6 +105,11 @@ class StallInspector:
 
     def _describe(self, key: str, waited: float) -> str:
         me = self.comm.Get_rank()
+        if self._answering is None:
+            return (
+                f"rank {me} has waited {waited:.0f} s in {key}; the other ranks cannot say "
+                "where they are (the MPI library does not allow calls from several threads)."
+            )
         missing = []
         for rank, doing in sorted(self._ask_everyone().items()):
             if doing is None:
