@@ -200,12 +200,9 @@ def _allreduce_request(
     return request
 
 
-def _allreduce_stand_in(
-    spec: dict[str, Any], kind: str, name: str, signature: dict[str, Any]
-) -> coordinator.Request:
+def _allreduce_stand_in(spec: dict[str, Any], name: str) -> coordinator.Request:
     """The allreduce a joined rank takes part in: zeros of the other ranks' arrays."""
-    world = current("join")
-    group = Group(world.comm, world.coordinator, world.rank, world.size)
+    group = group_of(None, "join")
     arrays = [np.zeros(shape, np.dtype(dtype)) for dtype, shape in spec["arrays"]]
     specs = spec["tensor_specs"]
     if specs is not None:

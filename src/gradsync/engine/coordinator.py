@@ -137,9 +137,9 @@ class _History:
         self.last = None
 
 
-#: ``factory(stand_in_spec, kind, name, signature)``: the request a rank that has joined
-#: issues to take part in another rank's collective of that kind (see ``Coordinator.join``).
-StandInFactory = Callable[[dict[str, Any], str, str, dict[str, Any]], Request]
+#: ``factory(stand_in_spec, name)``: the request a rank that has joined issues to take part in
+#: another rank's collective of the kind it is registered for (see ``Coordinator.join``).
+StandInFactory = Callable[[dict[str, Any], str], Request]
 _stand_in_factories: dict[str, StandInFactory] = {}
 
 
@@ -303,9 +303,7 @@ class Coordinator:
             )
         else:
             if joined:
-                stand_in = factory(
-                    first["stand_in"], first["kind"], first["name"], first["signature"]
-                )
+                stand_in = factory(first["stand_in"], first["name"])
                 self._execute(stand_in, remove=False)  # the join request stays pending
             else:
                 self._execute(proposal)
@@ -376,11 +374,6 @@ class Coordinator:
     def _take(self, request: Request) -> None:
         with self._pending_lock:
             self._pending.remove(request)
-
-    def _take_if_pending(self, request: Request) -> None:
-        with self._pending_lock:
-            if request in self._pending:
-                self._pending.remove(request)
 
 
 def _describe(request: Request) -> dict[str, Any]:

@@ -81,12 +81,16 @@ _registered: dict[int, ProcessSet] = {}
 _lock = threading.Lock()
 
 
+def _world_group(world) -> Group:
+    return Group(world.comm, world.coordinator, world.rank, world.size)
+
+
 def group_of(process_set: ProcessSet | None, what: str) -> Group:
     """The group a collective on ``process_set`` runs in (the world's for None); raises a
     clear error when the set is not registered or this rank is not in it."""
     world = current(what)
     if process_set is None or process_set is global_process_set:
-        return Group(world.comm, world.coordinator, world.rank, world.size)
+        return global_process_set._group or _world_group(world)
     if not isinstance(process_set, ProcessSet):
         raise ValueError(f"process_set must be a ProcessSet, got {process_set!r}.")
     if process_set.process_set_id is None:
@@ -169,7 +173,7 @@ def _start(process_sets: Iterable[ProcessSet | Iterable[int]]) -> None:
     world = current("init")
     global_process_set.ranks = list(range(world.size))
     global_process_set.process_set_id = 0
-    global_process_set._group = Group(world.comm, world.coordinator, world.rank, world.size)
+    global_process_set._group = _world_group(world)
     for process_set in process_sets:
         add_process_set(process_set)
     timeline.start_from_environment()

@@ -90,12 +90,6 @@ def _value(optimizer: Any, name: str) -> float:
     return float(tf_keras.backend.get_value(value))
 
 
-def _assign(optimizer: Any, name: str, value: float) -> None:
-    """Sets a hyperparameter the way each Keras takes it: Keras 3 and tf_keras assign the
-    learning rate's variable, tf_keras's legacy optimizers their hyperparameter's."""
-    setattr(optimizer, name, value)
-
-
 class ScheduleLearningRate:
     """Sets the learning rate to ``initial_lr * multiplier(epoch)`` from ``start_epoch`` up to
     (not including) ``end_epoch``, as Horovod's ``LearningRateScheduleCallback`` (a constant
@@ -154,10 +148,10 @@ class ScheduleLearningRate:
         optimizer = self.model.optimizer
         old_lr = _value(optimizer, "learning_rate")
         new_lr = self.initial_lr * self.multiplier(epoch)
-        _assign(optimizer, "learning_rate", new_lr)
+        optimizer.learning_rate = new_lr  # each Keras assigns its variable or hyperparameter
         if self.momentum_correction and hasattr(optimizer, "momentum") and old_lr:
             self.restore_momentum = _value(optimizer, "momentum")
-            _assign(optimizer, "momentum", self.restore_momentum * new_lr / old_lr)
+            optimizer.momentum = self.restore_momentum * new_lr / old_lr
 
     def on_train_begin(self, logs=None) -> None:
         if not self.staircase and not self.steps_per_epoch:
@@ -177,7 +171,7 @@ class ScheduleLearningRate:
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         if self.restore_momentum:
-            _assign(self.model.optimizer, "momentum", self.restore_momentum)
+            self.model.optimizer.momentum = self.restore_momentum
             self.restore_momentum = None
 
     def on_epoch_end(self, epoch, logs=None) -> None:
