@@ -98,6 +98,12 @@ def _tensor_signature(
     return [(_dtype_name(dtype), tuple(shape)) for dtype, shape in tensor_specs]
 
 
+def _layout(arrays: Sequence[np.ndarray]) -> list[tuple[str, int]]:
+    """How the tensors travel: the dtype and size of each array the caller packed them in.
+    Ranks that packed the same tensors differently cannot share fused buffers."""
+    return [(_dtype_name(a.dtype), a.size) for a in arrays]
+
+
 def check_root_rank(root_rank: object, world_size: int) -> int:
     """Returns ``root_rank`` if it names a rank of the group, else raises a clear error."""
     if isinstance(root_rank, bool) or not isinstance(root_rank, (int, np.integer)):
@@ -173,6 +179,7 @@ def _allreduce_request(
     signature = {
         "op": op.value,
         "tensors": _tensor_signature(arrays, tensor_specs),
+        "layout": _layout(arrays),
         "prescale_factor": prescale_factor,
         "postscale_factor": postscale_factor,
     }
@@ -384,7 +391,11 @@ def broadcast(
                 results[position] = view
         return results  # type: ignore[return-value]
 
-    signature = {"root_rank": root_rank, "tensors": _tensor_signature(arrays, tensor_specs)}
+    signature = {
+        "root_rank": root_rank,
+        "tensors": _tensor_signature(arrays, tensor_specs),
+        "layout": _layout(arrays),
+    }
     return group.coordinator.run(
         coordinator.Request("broadcast", name, signature, execute, may_wait)
     )

@@ -103,17 +103,19 @@ def call_engine(
         output_dtypes = [t.dtype for t in inputs]
     if output_shapes is None:
         output_shapes = [t.shape for t in inputs]
+    # Packed alike in every mode, so that an eager call and a graph's meet with one layout.
+    packing = Packing.of(inputs) if elementwise else None
+    carried = list(inputs) if packing is None else packing.carried
     if tf.executing_eagerly():
-        outputs = _translating_errors(engine_call)(
-            [t.numpy() for t in inputs], name or kind, False, None
-        )
-        return [tf.convert_to_tensor(o) for o in outputs]
+        arrays = [t.numpy() for t in carried]
+        specs = packing.tensor_specs(arrays) if packing is not None else None
+        outputs = _translating_errors(engine_call)(arrays, name or kind, False, specs)
+        outputs = [tf.convert_to_tensor(o) for o in outputs]
+        return packing.unpack(outputs) if packing is not None else outputs
 
     _refuse_xla(kind)
     may_wait = in_v1_graph()
     key = _v1_graph_key(kind) if may_wait else (name or kind)
-    packing = Packing.of(inputs) if elementwise else None
-    carried = list(inputs) if packing is None else packing.carried
     if packing is not None:
         output_dtypes = [t.dtype for t in carried]
         output_shapes = [t.shape for t in carried]
