@@ -1,6 +1,7 @@
 """Callbacks for data-parallel training, for the Keras that ``tf.keras`` is:
 ``BroadcastGlobalVariablesCallback``, ``MetricAverageCallback``,
-``LearningRateScheduleCallback``, ``LearningRateWarmupCallback``, ``BestModelCheckpoint``."""
+``LearningRateScheduleCallback``, ``LearningRateWarmupCallback``, ``BestModelCheckpoint``,
+``AggregationCallback``."""
 
 from gradsync.tensorflow.horovod_helpers import is_version_greater_equal_than  # noqa: F401
 from gradsync.tensorflow.training.keras.callbacks import callback_classes

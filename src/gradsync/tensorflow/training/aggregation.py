@@ -23,7 +23,6 @@ names and constructors for the same aggregator.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,14 +30,21 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from gradsync.engine import ProcessSet, global_process_set, rank, size
+from gradsync import engine
+from gradsync.engine import ProcessSet, ReduceOp, global_process_set, rank, size
 from gradsync.tensorflow.ops import RANK_LOCAL_COLLECTION, mark_rank_local
 from gradsync.tensorflow.ops.bridge import in_v1_graph
-from gradsync.tensorflow.training.reduction import GradientAllreducer, densify
-from gradsync.tensorflow.training.settings import SyncSettings
+from gradsync.tensorflow.training.reduction import (
+    GradientAllreduce,
+    GradientAllreducer,
+    densify,
+)
+from gradsync.tensorflow.training.settings import SyncSettings, check_backward_passes_per_step
 
 
-def _new_state_variable(shape: tf.TensorShape, dtype: tf.DType, name: str) -> tf.Variable:
+def _new_state_variable(
+    shape: Any, dtype: tf.DType, name: str, initial_value: Any = 0
+) -> tf.Variable:
     """A non-trainable, rank-local variable, kept out of broadcasts and of model weights.
 
     In a v1 graph it joins GLOBAL_VARIABLES (so the usual initializer and ``Saver`` cover it)
@@ -46,7 +52,7 @@ def _new_state_variable(shape: tf.TensorShape, dtype: tf.DType, name: str) -> tf
     """
     if in_v1_graph():
         variable = tf.compat.v1.Variable(
-            tf.zeros(shape, dtype),
+            tf.fill(tf.TensorShape(shape).as_list(), tf.cast(initial_value, dtype)),
             trainable=False,
             name=name,
             use_resource=True,
@@ -54,7 +60,11 @@ def _new_state_variable(shape: tf.TensorShape, dtype: tf.DType, name: str) -> tf
         )
     else:
         with tf.init_scope():
-            variable = tf.Variable(tf.zeros(shape, dtype), trainable=False, name=name)
+            variable = tf.Variable(
+                tf.fill(tf.TensorShape(shape).as_list(), tf.cast(initial_value, dtype)),
+                trainable=False,
+                name=name,
+            )
     return mark_rank_local(variable)
 
 
@@ -70,13 +80,16 @@ def _static_shape(gradient: tf.Tensor, variable: Any) -> tf.TensorShape:
 
 
 class GradientAggregator(tf.Module):
-    """Accumulates gradients over ``backward_passes_per_step`` calls, then allreduces them.
+    """Accumulates gradients over windows of ``backward_passes_per_step`` calls, then
+    allreduces them.
 
-    Its state (``counter``, ``accumulators``, and ``origin``: the rank and world size that
-    started the current window) is tracked, so a ``tf.train.Checkpoint`` of the optimizer or
-    tape that holds the aggregator saves and restores it; in a v1 graph it is in
-    ``GLOBAL_VARIABLES`` for a ``Saver``. The state is per rank: a window resumed mid-way must
-    be resumed by the rank that saved it, in a world of the same size.
+    Its state is tracked, so a ``tf.train.Checkpoint`` of the optimizer or tape that holds the
+    aggregator saves and restores it (in a v1 graph it is in ``GLOBAL_VARIABLES`` for a
+    ``Saver``): ``counter`` (micro-steps in the window), ``origin`` (the rank and world size
+    that began it), ``weight`` (what the window's sum is a sum over: micro-steps, or items),
+    ``passes`` (the N that the next window takes), ``window_passes`` (the current window's N)
+    and the ``accumulators``. The state is per rank: a window resumed mid-way must be resumed
+    by the rank that saved it, in a world of the same size.
     """
 
     def __init__(
@@ -91,39 +104,113 @@ class GradientAggregator(tf.Module):
             name = f"gradsync_{name}"
         super().__init__(name=name)
         self.settings = settings
-        self.backward_passes_per_step = settings.backward_passes_per_step
         self.count_steps = settings.count_steps
         self.average_aggregated_gradients = settings.average_aggregated_gradients
         self.sparse_as_dense = settings.sparse_as_dense
         self._allreduce = allreduce_func
-        # Averaging over the window then happens inside the reduction, with no pass of its own.
-        self._allreduce_scales = _takes_scale(allreduce_func)
+        # Windows divided by their total weight, which travels with the gradients: what lets
+        # partial windows, item weights and ranks with unequal data agree.
+        self._weighs_windows = (
+            isinstance(allreduce_func, GradientAllreduce) and settings.op is ReduceOp.AVERAGE
+        )
+        if settings.item_weighted and not self._weighs_windows:
+            raise ValueError(
+                "item_weighted=True needs gradsync's own gradient reduction; it cannot be "
+                "combined with an allreduce_func of your own."
+            )
         self._name = name
+        self._windowed = settings.aggregates
+        self._first_passes = settings.backward_passes_per_step
+        self._traced_without_window = False
+        #: Whether ``restore_state`` keeps the N given at construction for the next windows
+        #: rather than the saved one (a ``load_model`` override).
+        self.keep_passes_on_restore = False
         self.counter: tf.Variable | None = None
         self.origin: tf.Variable | None = None
+        self.weight: tf.Variable | None = None
+        self.passes: tf.Variable | None = None
+        self.window_passes: tf.Variable | None = None
         self.accumulators: list[tf.Variable] = []
+        self._variables: list[Any] = []
 
     def state(self) -> list[tf.Variable]:
-        """The counter, the origin and the accumulators, in that order (none before use)."""
-        return [] if self.counter is None else [self.counter, self.origin, *self.accumulators]
+        """The counter, origin, weight, passes, window_passes and the accumulators, in that
+        order (none before use)."""
+        if self.counter is None:
+            return []
+        scalars = [self.counter, self.origin, self.weight, self.passes, self.window_passes]
+        return [*scalars, *self.accumulators]
 
     def restore_state(self, values: Sequence[Any]) -> None:
         """Sets the state to ``values`` (as ordered by ``state()``), creating it if needed."""
         values = [np.asarray(v) for v in values]
+        scalars = 5
         if self.counter is None:
-            self._create_state([(v.shape, tf.as_dtype(v.dtype)) for v in values[2:]])
+            self._create_state(
+                [(v.shape, tf.as_dtype(v.dtype)) for v in values[scalars:]],
+                tf.as_dtype(values[2].dtype),
+            )
         if len(values) != len(self.state()):
             raise ValueError(
-                f"{self._name}: the saved state has {len(values) - 2} accumulators, this "
+                f"{self._name}: the saved state has {len(values) - scalars} accumulators, this "
                 f"optimizer has {len(self.accumulators)}; it was saved for another model."
             )
         for variable, value in zip(self.state(), values, strict=True):
             variable.assign(value)
+        if self.keep_passes_on_restore:
+            self.passes.assign(self._first_passes)
 
     @property
     def aggregates(self) -> bool:
-        """Whether gradients are accumulated at all (N > 1)."""
-        return self.settings.aggregates
+        """Whether gradients are accumulated in windows (N > 1, or weighted by items)."""
+        return self._windowed
+
+    @property
+    def backward_passes_per_step(self) -> int:
+        """N: the number of calls per window. Setting it between windows changes the next
+        window's N (a batch-size schedule); set mid-window, it takes effect at the next
+        window. It is a variable, so a ``tf.function`` need not be traced again."""
+        if self.passes is not None and tf.executing_eagerly():
+            return int(self.passes.numpy())
+        return self._first_passes
+
+    @backward_passes_per_step.setter
+    def backward_passes_per_step(self, value: int) -> None:
+        value = check_backward_passes_per_step(value)
+        if in_v1_graph():
+            raise RuntimeError(
+                "in a v1 graph, set backward_passes_per_step with "
+                "set_backward_passes_per_step(value, session)."
+            )
+        if not self._windowed:
+            if self._traced_without_window:
+                raise ValueError(
+                    f"{self._name}: backward_passes_per_step cannot change on an optimizer or "
+                    "tape created with backward_passes_per_step=1 once a tf.function has "
+                    "used it: it synchronizes every call, with no window to change. Create "
+                    "it with backward_passes_per_step > 1 (any N > 1 gives it windows) and "
+                    "set the N you start with before training."
+                )
+            self._windowed = value > 1
+        self._first_passes = value
+        if self.passes is not None:
+            self.passes.assign(value)
+
+    def set_backward_passes_per_step(self, value: int, session: Any = None) -> None:
+        """Sets N for the next window; in a v1 graph, through ``session`` (the default
+        session when None). The aggregator must have windows already (created with N > 1)."""
+        if not in_v1_graph():
+            self.backward_passes_per_step = value
+            return
+        value = check_backward_passes_per_step(value)
+        if not self._windowed or self.passes is None:
+            raise ValueError(
+                f"{self._name}: backward_passes_per_step can change in a v1 graph only when "
+                "the optimizer was created with backward_passes_per_step > 1 and its "
+                "training op was built."
+            )
+        self.passes.load(value, session or tf.compat.v1.get_default_session())
+        self._first_passes = value
 
     def _prepare(self, gradient):
         if isinstance(gradient, tf.IndexedSlices):
@@ -144,31 +231,65 @@ class GradientAggregator(tf.Module):
                     f"calls had {len(self.accumulators)}; the set of variables with gradients "
                     "must stay the same from call to call."
                 )
+            self._variables = list(variables)
             return
         self._create_state(
-            [(_static_shape(g, v), g.dtype) for g, v in zip(gradients, variables, strict=True)]
+            [(_static_shape(g, v), g.dtype) for g, v in zip(gradients, variables, strict=True)],
+            tf.float64 if gradients[0].dtype == tf.float64 else tf.float32,
         )
+        self._variables = list(variables)
 
-    def _create_state(self, accumulator_layouts: Sequence[tuple[Any, tf.DType]]) -> None:
+    def _create_state(
+        self, accumulator_layouts: Sequence[tuple[Any, tf.DType]], weight_dtype: tf.DType
+    ) -> None:
         self.counter = _new_state_variable([], tf.int64, f"{self._name}_counter")
         self.origin = _new_state_variable([2], tf.int64, f"{self._name}_origin")
+        self.weight = _new_state_variable([], weight_dtype, f"{self._name}_weight")
+        self.passes = _new_state_variable(
+            [], tf.int64, f"{self._name}_passes", initial_value=self._first_passes
+        )
+        self.window_passes = _new_state_variable(
+            [], tf.int64, f"{self._name}_window_passes", initial_value=self._first_passes
+        )
         for i, (shape, dtype) in enumerate(accumulator_layouts):
             # Appended one by one, so that a checkpoint restores each as it is created.
             self.accumulators.append(
                 _new_state_variable(shape, dtype, f"{self._name}_accumulator_{i}")
             )
 
+    def _check_items(self, items: Any) -> None:
+        if items is not None and not self.settings.item_weighted:
+            raise ValueError(
+                f"{self._name}: items= was given, but this optimizer or tape was created "
+                "without item_weighted=True, so the count would be ignored. Create it with "
+                "item_weighted=True (and pass the gradients of the summed loss), or drop items=."
+            )
+        if items is None and self.settings.item_weighted:
+            raise ValueError(
+                f"{self._name}: item_weighted=True needs each micro-step's item count: pass "
+                "items= (the number of samples, tokens or unmasked positions the summed loss "
+                "is a sum over, or the sum of their weights); in model.fit, add gradsync's "
+                "AggregationCallback."
+            )
+
     @tf.autograph.experimental.do_not_convert  # control flow here is explicit tf.cond
     def compute_gradients(
-        self, gradients: Sequence[Any], variables: Sequence[Any] | None = None
+        self,
+        gradients: Sequence[Any],
+        variables: Sequence[Any] | None = None,
+        items: Any = None,
     ) -> list[tf.Tensor | None]:
         """Adds ``gradients`` to the window; returns what to apply if this call synchronized.
 
-        None gradients come back as None in their positions.
+        With ``item_weighted``, ``gradients`` are those of this micro-step's summed loss and
+        ``items`` what it sums over. None gradients come back as None in their positions.
         """
+        self._check_items(items)
         gradients = list(gradients)
         variables = list(variables) if variables is not None else [None] * len(gradients)
         if not self.aggregates:
+            if not tf.executing_eagerly():
+                self._traced_without_window = True
             return self._allreduce(gradients, variables)
         gradients = [self._prepare(g) for g in gradients]
         positions = [i for i, g in enumerate(gradients) if g is not None]
@@ -179,13 +300,20 @@ class GradientAggregator(tf.Module):
 
         pairs = list(zip(self.accumulators, present, strict=True))
         here = tf.constant([rank(), size()], tf.int64)
+        weight = tf.cast(1 if items is None else items, self.weight.dtype)
 
         def restart_window():
             assigns = [a.assign(g, read_value=False) for a, g in pairs]
-            return _done_after([*assigns, self.origin.assign(here, read_value=False)])
+            assigns += [
+                self.origin.assign(here, read_value=False),
+                self.weight.assign(weight, read_value=False),
+                self.window_passes.assign(self.passes, read_value=False),
+            ]
+            return _done_after(assigns)
 
         def add_to_window():
-            return _done_after([a.assign_add(g, read_value=False) for a, g in pairs])
+            assigns = [a.assign_add(g, read_value=False) for a, g in pairs]
+            return _done_after([*assigns, self.weight.assign_add(weight, read_value=False)])
 
         with tf.control_dependencies([self._check_origin(here)]):
             window_start = tf.equal(self.counter, 0)
@@ -193,8 +321,8 @@ class GradientAggregator(tf.Module):
         with tf.control_dependencies([accumulated]):
             count = self.counter.assign_add(1)
         outputs = tf.cond(
-            tf.equal(count, self.backward_passes_per_step),
-            lambda: self._synchronize([variables[i] for i in positions]),
+            tf.greater_equal(count, self.window_passes),
+            self._synchronize,
             lambda: [tf.identity(g) for g in present],
         )
         if not isinstance(outputs, (list, tuple)):
@@ -211,8 +339,7 @@ class GradientAggregator(tf.Module):
         return tf.debugging.Assert(
             tf.logical_or(tf.equal(self.counter, 0), same_origin),
             [
-                f"{self._name}: this window of backward_passes_per_step="
-                f"{self.backward_passes_per_step} was begun by [rank, world size] =",
+                f"{self._name}: this window of backward passes was begun by [rank, world size] =",
                 self.origin.read_value(),
                 "and cannot be continued by",
                 here,
@@ -222,20 +349,104 @@ class GradientAggregator(tf.Module):
             name="check_aggregation_origin",
         )
 
-    def _synchronize(self, variables: Sequence[Any]) -> list[tf.Tensor]:
+    def _multiplier(self) -> tf.Tensor | float:
+        """What the window's mean gradient is multiplied by: N unless averaged over it."""
+        return 1.0 if self.average_aggregated_gradients else self.window_passes.read_value()
+
+    def _synchronize(self) -> list[tf.Tensor]:
         window = [accumulator.read_value() for accumulator in self.accumulators]
-        divide = self.average_aggregated_gradients
-        if divide and self._allreduce_scales:
-            reduced = self._allreduce(window, variables, scale=1 / self.backward_passes_per_step)
-            divide = False
+        if self._weighs_windows:
+            reduced, _, _ = self._allreduce.reduce_window(
+                window,
+                self._variables,
+                self.weight.read_value(),
+                self._multiplier(),
+                flushing=False,
+            )
         else:
-            reduced = self._allreduce(window, variables)
+            reduced = self._allreduce(window, self._variables)
+            if self.average_aggregated_gradients:
+                passes = self.window_passes.read_value()
+                reduced = [r / tf.cast(passes, r.dtype) for r in reduced]
         with tf.control_dependencies(reduced):
             reset = self.counter.assign(0, read_value=False)
         with tf.control_dependencies([reset] if reset is not None else []):
-            if divide:
-                return [r / tf.cast(self.backward_passes_per_step, r.dtype) for r in reduced]
             return [tf.identity(r) for r in reduced]
+
+    @tf.autograph.experimental.do_not_convert
+    def flush_round(self) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+        """One round of a flush: contributes this rank's partial window (or nothing, once it
+        has none), to be divided by what every rank's window holds.
+
+        Returns ``(gradients, has_update, all_flushing)``: apply the gradients when
+        ``has_update``; rounds go on until ``all_flushing``, so that a rank whose data ran out
+        first keeps taking part in the others' synchronizations (and applies their updates)
+        until every rank flushes.
+        """
+        if not self._weighs_windows:
+            raise ValueError(
+                f"{self._name}: flush needs op=Average and gradsync's own gradient reduction."
+            )
+        if self.counter is None:
+            raise RuntimeError(
+                f"{self._name}: flush was called before any gradients were computed; every "
+                "rank must compute gradients at least once before it flushes."
+            )
+        has_window = tf.greater(self.counter, 0)
+        window = tf.cond(
+            has_window,
+            lambda: [a.read_value() for a in self.accumulators],
+            lambda: [tf.zeros_like(a) for a in self.accumulators],
+        )
+        if not isinstance(window, (list, tuple)):
+            window = [window]
+        weight = tf.where(has_window, self.weight.read_value(), tf.zeros([], self.weight.dtype))
+        reduced, total, flushing = self._allreduce.reduce_window(
+            list(window), self._variables, weight, self._multiplier(), flushing=True
+        )
+        with tf.control_dependencies([*reduced, total, flushing]):
+            reset = self.counter.assign(0, read_value=False)
+        group = engine.group_of(self.settings.process_set, "gradient flush")
+        with tf.control_dependencies([reset] if reset is not None else []):
+            has_update = tf.greater(total, 0)
+            all_flushing = tf.greater_equal(flushing, group.size - 0.5)
+            return [tf.identity(r) for r in reduced], has_update, all_flushing
+
+    def flush(self, apply: Callable[[list[tf.Tensor]], Any]) -> int:
+        """Applies the partial windows of every rank with ``apply(gradients)``, scaled by what
+        they hold, and starts fresh windows; returns the number of updates applied.
+
+        Every rank calls it (at the end of an epoch, say); a rank that gets there first keeps
+        taking part in the others' synchronizations until they flush too. Runs eagerly, between
+        steps: in a v1 graph, see ``DistributedOptimizer.flush``.
+        """
+        if not tf.executing_eagerly():
+            raise RuntimeError(
+                f"{self._name}: flush() runs eagerly, between training steps: call it outside "
+                "tf.function. In a v1 graph, tf.compat.v1.train's DistributedOptimizer has "
+                "flush(session)."
+            )
+        if not self.aggregates:
+            return 0
+        applied = 0
+        while True:
+            gradients, has_update, all_flushing = self.flush_round()
+            if bool(has_update):
+                apply(gradients)
+                applied += 1
+            if bool(all_flushing):
+                return applied
+
+    @property
+    def can_flush(self) -> bool:
+        """Whether partial windows can be flushed (windows weighed by their content, which
+        needs op=Average and gradsync's own reduction)."""
+        return self.aggregates and self._weighs_windows
+
+    @property
+    def variables_in_window(self) -> list[Any]:
+        """The variables whose gradients the accumulators hold, in their order."""
+        return list(self._variables)
 
     def synchronized(self, after: Sequence[Any] = ()) -> tf.Tensor | bool:
         """True on the call whose ``compute_gradients`` just synchronized (read after ``after``)."""
@@ -281,15 +492,6 @@ class GradientAggregator(tf.Module):
             lambda: advance_counters(optimizer, kwargs.get("global_step")),
             after=[g for g, _ in grads_and_vars],
         )
-
-
-def _takes_scale(allreduce_func: GradientAllreducer) -> bool:
-    """Whether ``allreduce_func`` takes ``scale=`` (those of ``make_gradient_allreducer`` do; a
-    Horovod-style function given by the user may not)."""
-    try:
-        return "scale" in inspect.signature(allreduce_func).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _done_after(result: Any) -> tf.Tensor:

@@ -61,6 +61,7 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     scale_local_gradients: bool = True,
     count_steps: CountSteps = "calls",
     raise_on_non_finite: bool = False,
+    item_weighted: bool = False,
 ) -> Any:
     """Wraps ``optimizer`` so that every update uses gradients averaged (or summed) over ranks.
 

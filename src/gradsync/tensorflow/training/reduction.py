@@ -12,8 +12,8 @@ from gradsync.engine import ReduceOp
 from gradsync.tensorflow.ops import grouped_allreduce
 from gradsync.tensorflow.training.settings import SyncSettings
 
-#: ``allreduce(gradients, variables)``. Those made by ``make_gradient_allreducer`` also take
-#: ``scale=``, a factor applied to the reduced gradients inside the reduction.
+#: ``allreduce(gradients, variables) -> list``: Horovod's form of a gradient reduction, which a
+#: user may also write. Those made by ``make_gradient_allreducer`` are ``GradientAllreduce``.
 GradientAllreducer = Callable[..., list]
 
 
@@ -53,8 +53,8 @@ class LocalVariables:
         return len(self._ids)
 
 
-def _scaled(gradient, factor: float):
-    if factor == 1.0:
+def _scaled(gradient, factor: float | tf.Tensor):
+    if isinstance(factor, float) and factor == 1.0:
         return gradient
     if isinstance(gradient, tf.IndexedSlices):
         values = gradient.values * tf.cast(factor, gradient.values.dtype)
@@ -62,36 +62,65 @@ def _scaled(gradient, factor: float):
     return gradient * tf.cast(factor, gradient.dtype)
 
 
-def make_gradient_allreducer(
-    settings: SyncSettings, local_variables: LocalVariables | None = None
-) -> GradientAllreducer:
-    """Returns ``allreduce(grads, variables, scale=1.0)``: one fused allreduce of the non-None
-    gradients, multiplied by ``scale`` as they come out of the reduction (no extra pass).
+class GradientAllreduce:
+    """The reduction every training mode shares: one fused allreduce of the non-None
+    gradients, as ``settings`` say.
+
+    Called as ``allreduce(gradients, variables)`` it averages (or sums) them over ranks, as
+    Horovod's ``allreduce_func``. ``reduce_window`` reduces an aggregation window instead:
+    summed gradients and their weight travel together, and the result is divided by the total
+    weight (see ``GradientAggregator``).
 
     ``gradient_predivide_factor`` splits an average into a division by the factor before the
     sum and by ``size / factor`` after it (for the range of low-precision gradients).
     None gradients stay None in their positions; those of ``local_variables`` are not
     reduced (only divided by the number of ranks when ``SyncSettings.scale_local_gradients``,
-    as Horovod does). With
-    ``raise_on_non_finite``, a reduced gradient holding an inf or NaN raises an error naming
-    its variable, the same on every rank, before anything is applied.
+    as Horovod does). With ``raise_on_non_finite``, a reduced gradient holding an inf or NaN
+    raises an error naming its variable, the same on every rank, before anything is applied.
     """
-    local_variables = local_variables if local_variables is not None else LocalVariables()
-    op, factor = settings.op, settings.gradient_predivide_factor
 
-    def allreduce(gradients, variables, scale: float = 1.0):
+    def __init__(self, settings: SyncSettings, local_variables: LocalVariables | None = None):
+        self.settings = settings
+        self.local_variables = local_variables if local_variables is not None else LocalVariables()
+
+    def _split(self, gradients, variables) -> tuple[list[int], list[int]]:
         positions, local_positions = [], []
         for i, gradient in enumerate(gradients):
             if gradient is None:
                 continue
-            local = variables is not None and variables[i] in local_variables
+            local = variables is not None and variables[i] in self.local_variables
             (local_positions if local else positions).append(i)
+        return positions, local_positions
+
+    def _group_size(self) -> int:
+        return engine.group_of(self.settings.process_set, "gradient allreduce").size
+
+    def _checked(self, reduced, variables, positions):
+        if not self.settings.raise_on_non_finite:
+            return reduced
+        pairs = zip(positions, reduced, strict=True)
+        return [_check_finite(value, variables[i]) for i, value in pairs]
+
+    def _results(self, gradients, variables, positions, reduced, local_positions, local_scale):
+        """The reduced gradients back in their positions, with the local ones scaled."""
+        results = [None] * len(gradients)
+        checked = self._checked(reduced, variables, positions)
+        for position, value in zip(positions, checked, strict=True):
+            results[position] = value
+        for position in local_positions:
+            results[position] = _scaled(gradients[position], local_scale)
+        return results
+
+    def __call__(self, gradients, variables) -> list:
+        settings = self.settings
+        positions, local_positions = self._split(gradients, variables)
         present = [densify(gradients[i], settings.sparse_as_dense) for i in positions]
-        size = engine.group_of(settings.process_set, "gradient allreduce").size
+        size = self._group_size()
+        factor = settings.gradient_predivide_factor
         if factor == 1.0:
-            reduce_op, prescale, postscale = op, 1.0, scale
+            reduce_op, prescale, postscale = settings.op, 1.0, 1.0
         else:
-            reduce_op, prescale, postscale = ReduceOp.SUM, 1.0 / factor, scale * factor / size
+            reduce_op, prescale, postscale = ReduceOp.SUM, 1.0 / factor, factor / size
         reduced = grouped_allreduce(
             present,
             compression=settings.compression,
@@ -101,18 +130,51 @@ def make_gradient_allreducer(
             process_set=settings.process_set,
             name="gradients",
         )
-        if settings.raise_on_non_finite:
-            reduced = [
-                _check_finite(value, variables[i])
-                for i, value in zip(positions, reduced, strict=True)
-            ]
-        results = [None] * len(gradients)
-        for position, value in zip(positions, reduced, strict=True):
-            results[position] = value
-        local_scale = scale / size if settings.scale_local_gradients else scale
-        for position in local_positions:
-            gradient = gradients[position]
-            results[position] = _scaled(gradient, local_scale)
-        return results
+        local_scale = 1.0 / size if settings.scale_local_gradients else 1.0
+        return self._results(gradients, variables, positions, reduced, local_positions, local_scale)
 
-    return allreduce
+    def reduce_window(
+        self, window, variables, weight: tf.Tensor, multiplier: tf.Tensor, flushing: bool
+    ) -> tuple[list, tf.Tensor, tf.Tensor]:
+        """Reduces one aggregation window: ``window`` holds this rank's summed gradients and
+        ``weight`` what they are a sum over (micro-steps, or items).
+
+        Returns ``(gradients, total weight, ranks flushing)``: the gradients are the sum over
+        ranks divided by the total weight, times ``multiplier``; the weight and the flushing
+        flag travel in the same fused allreduce as the gradients (the gradients are compressed,
+        these two scalars never are).
+        """
+        settings = self.settings
+        positions, local_positions = self._split(window, variables)
+        present = [window[i] for i in positions]
+        compressed, contexts = [], []
+        for gradient in present:
+            sent, context = settings.compression.compress(gradient)
+            compressed.append(sent)
+            contexts.append(context)
+        stats = tf.stack([weight, tf.cast(1.0 if flushing else 0.0, weight.dtype)])
+        factor = settings.gradient_predivide_factor
+        *reduced, stats = grouped_allreduce(
+            [*compressed, stats],
+            op=ReduceOp.SUM,
+            prescale_factor=1.0 / factor,
+            postscale_factor=factor,
+            process_set=settings.process_set,
+            name="gradients",
+        )
+        total, flushing_ranks = stats[0], stats[1]
+        scale = tf.math.divide_no_nan(tf.cast(multiplier, total.dtype), total)
+        reduced = [
+            _scaled(settings.compression.decompress(value, context), scale)
+            for value, context in zip(reduced, contexts, strict=True)
+        ]
+        local_scale = scale if settings.scale_local_gradients else scale * self._group_size()
+        results = self._results(window, variables, positions, reduced, local_positions, local_scale)
+        return results, total, flushing_ranks
+
+
+def make_gradient_allreducer(
+    settings: SyncSettings, local_variables: LocalVariables | None = None
+) -> GradientAllreduce:
+    """The reduction of gradients that ``settings`` describe (see ``GradientAllreduce``)."""
+    return GradientAllreduce(settings, local_variables)

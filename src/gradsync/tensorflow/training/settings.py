@@ -30,6 +30,10 @@ class SyncSettings:
 
     - ``backward_passes_per_step`` (N): gradients of N calls are summed locally and
       communicated once; ``average_aggregated_gradients`` divides that sum by N.
+    - ``item_weighted``: each micro-step brings the gradient of its *summed* loss and its item
+      count (samples, tokens, unmasked positions, or the sum of sample weights); the update is
+      the sum of gradients over the window and the ranks divided by the sum of counts: the
+      gradient of the mean loss over every item, however unequal the micro-batches.
     - ``count_steps``: whether step counters count every call ("calls", as Horovod) or
       applied updates only ("updates").
     - ``op``, ``compression``, ``gradient_predivide_factor``, ``process_set``: how the
@@ -45,6 +49,7 @@ class SyncSettings:
     backward_passes_per_step: int = 1
     average_aggregated_gradients: bool = False
     count_steps: CountSteps = "calls"
+    item_weighted: bool = False
     op: ReduceOp = ReduceOp.AVERAGE
     compression: Compressor = Compression.none
     sparse_as_dense: bool = False
@@ -67,6 +72,13 @@ class SyncSettings:
             raise ValueError(
                 f"gradient_predivide_factor must be > 0, got {self.gradient_predivide_factor}."
             )
+        if not isinstance(self.item_weighted, bool):
+            raise ValueError(f"item_weighted must be True or False, got {self.item_weighted!r}.")
+        if self.item_weighted and self.op is not ReduceOp.AVERAGE:
+            raise ValueError(
+                f"item_weighted=True averages over the items of every rank; it needs "
+                f"op=Average, got op={self.op.name}."
+            )
         if not isinstance(self.process_set, ProcessSet):
             raise ValueError(f"process_set must be a ProcessSet, got {self.process_set!r}.")
         if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int):
@@ -87,8 +99,9 @@ class SyncSettings:
 
     @property
     def aggregates(self) -> bool:
-        """Whether gradients are accumulated locally at all (N > 1)."""
-        return self.backward_passes_per_step > 1
+        """Whether gradients are accumulated in windows (N > 1, or weighted by items); with
+        N = 1 and no item weights every call is reduced as it comes, with no state."""
+        return self.backward_passes_per_step > 1 or self.item_weighted
 
     def to_config(self) -> dict[str, Any]:
         """The settings as JSON-serializable values (a Keras file keeps them)."""
@@ -97,6 +110,7 @@ class SyncSettings:
             "backward_passes_per_step": self.backward_passes_per_step,
             "average_aggregated_gradients": self.average_aggregated_gradients,
             "count_steps": self.count_steps,
+            "item_weighted": self.item_weighted,
             "op": self.op.value,
             "compression": compression_name(self.compression),
             "sparse_as_dense": self.sparse_as_dense,

@@ -29,7 +29,11 @@ class DistributedGradientTape:
     call's local gradients, which must not be applied). Use a plain optimizer with this tape,
     not a ``DistributedOptimizer``, or the gradients are reduced twice.
 
-    Sources registered with ``register_local_source`` are aggregated but not reduced.
+    With ``item_weighted=True``, ``gradient(loss_sum, sources, items=n)`` takes the summed loss
+    of a micro-batch and what it sums over; the update divides by the total count over the
+    window and the ranks (see ``SyncSettings``). ``flush(optimizer, sources)`` applies a
+    partial window. Sources registered with ``register_local_source`` are aggregated but not
+    reduced.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class DistributedGradientTape:
         count_steps: CountSteps = "calls",
         aggregator: GradientAggregator | None = None,
         raise_on_non_finite: bool = False,
+        item_weighted: bool = False,
     ) -> None:
         self._tape = gradtape
         self.settings = SyncSettings.from_arguments(locals())
@@ -60,7 +65,11 @@ class DistributedGradientTape:
         """Keeps ``source``'s gradient on this rank: aggregated, never reduced."""
         self._local_sources.add(source)
 
-    def _aggregator_for(self, sources: list) -> GradientAggregator:
+    def aggregator_for(self, sources) -> GradientAggregator:
+        """The aggregator that holds the window of ``sources`` for this tape's settings (shared
+        by every tape made with the same ones): set its ``backward_passes_per_step`` to change
+        N between windows."""
+        sources = tf.nest.flatten(sources)
         if self._aggregator is not None:
             return self._aggregator
         key = (
@@ -92,14 +101,35 @@ class DistributedGradientTape:
         """Whether local sources' gradients are divided by the number of ranks."""
         return self.settings.scale_local_gradients
 
-    def gradient(self, target, sources, output_gradients=None, use_generic_names=False, **kwargs):
+    def gradient(
+        self,
+        target,
+        sources,
+        output_gradients=None,
+        use_generic_names=False,
+        items=None,
+        **kwargs,
+    ):
         """The tape's gradients of ``target``, reduced over ranks (and aggregated).
+
+        ``items``: with ``item_weighted=True``, what the summed loss ``target`` is a sum over.
         ``use_generic_names`` is Horovod's and changes nothing here."""
         gradients = self._tape.gradient(target, sources, output_gradients, **kwargs)
         flat_sources = tf.nest.flatten(sources)
         flat = tf.nest.flatten(gradients, expand_composites=False)
-        reduced = self._aggregator_for(flat_sources).compute_gradients(flat, flat_sources)
+        aggregator = self.aggregator_for(flat_sources)
+        reduced = aggregator.compute_gradients(flat, flat_sources, items=items)
         return tf.nest.pack_sequence_as(gradients, reduced)
+
+    def flush(self, optimizer: Any, sources) -> int:
+        """Applies with ``optimizer`` the partial window of ``sources`` (every rank's, scaled
+        by what each holds) and starts a fresh one; returns the number of updates applied.
+        Call it on every rank, eagerly, between steps (see ``GradientAggregator.flush``)."""
+        aggregator = self.aggregator_for(sources)
+        variables = aggregator.variables_in_window
+        return aggregator.flush(
+            lambda gradients: optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        )
 
     def get_local_and_global_gradients(
         self, target, sources, output_gradients=None, use_generic_names=False

@@ -17,7 +17,9 @@ import tensorflow as tf
 
 from gradsync import engine
 from gradsync.tensorflow.ops import broadcast_variables
+from gradsync.tensorflow.ops.bridge import in_v1_graph
 from gradsync.tensorflow.training.keras.flavors import KerasFlavor
+from gradsync.tensorflow.training.keras.wrapping import SynchronizingOptimizer
 
 
 def build_optimizer_state(optimizer: Any, variables: list) -> list:
@@ -248,6 +250,95 @@ class SaveBestOnRootRank:
         return super()._save_model(*args, **kwargs)
 
 
+class AggregateByEpoch:
+    """Keeps aggregation windows exact in ``model.fit`` (add it when N > 1 or the optimizer
+    is item-weighted; put it first, so that later callbacks see the flushed weights).
+
+    - At each epoch's end it flushes the partial window (``optimizer.flush()``): the epoch's
+      last micro-batches are applied, scaled by what they hold, never dropped nor carried into
+      the next epoch; ranks with fewer batches take part in the others' last synchronizations.
+    - With an ``item_weighted`` optimizer it counts the items of every batch: ``"samples"``
+      (its first dimension; Keras's default loss reduction divides by it, so the windows equal
+      Keras's own big batch), or ``"sample_weights"`` (the sum of the batch's sample weights,
+      which makes the update that of the weighted mean loss).
+    - ``backward_passes_schedule(epoch) -> N`` sets N at each epoch's start (a batch-size
+      schedule; the window before was flushed, so the new N starts a fresh window).
+    """
+
+    model: Any
+
+    def __init__(
+        self,
+        items: str = "samples",
+        flush_at_epoch_end: bool = True,
+        backward_passes_schedule: Callable[[int], int] | None = None,
+    ) -> None:
+        super().__init__()
+        if items not in ("samples", "sample_weights"):
+            raise ValueError(f'items must be "samples" or "sample_weights", got {items!r}.')
+        self.items = items
+        self.flush_at_epoch_end = flush_at_epoch_end
+        self.backward_passes_schedule = backward_passes_schedule
+
+    def _optimizer(self) -> SynchronizingOptimizer:
+        optimizer = getattr(self.model, "optimizer", None)
+        if not isinstance(optimizer, SynchronizingOptimizer):
+            raise ValueError(
+                "AggregationCallback needs a model compiled with gradsync's "
+                f"DistributedOptimizer, got {type(optimizer).__name__}."
+            )
+        return optimizer
+
+    def on_train_begin(self, logs=None) -> None:
+        optimizer = self._optimizer()
+        if in_v1_graph():
+            raise RuntimeError(
+                "AggregationCallback runs with eager execution enabled (TF2 model.fit); in a "
+                "v1 graph, aggregate with tf.compat.v1.train optimizers and flush(session)."
+            )
+        if optimizer.gradsync_settings.item_weighted:
+            self._count_batch_items(optimizer)
+
+    def _count_batch_items(self, optimizer: SynchronizingOptimizer) -> None:
+        model = self.model
+        if getattr(model, "_gradsync_counts_batch_items", None) == self.items:
+            return
+        train_step = type(model).train_step.__get__(model)
+        count = optimizer.count_fit_batches()
+        by_weights = self.items == "sample_weights"
+
+        def counted_train_step(data):
+            x, sample_weight = _inputs_and_sample_weight(data)
+            samples = tf.shape(tf.nest.flatten(x)[0])[0]
+            items = samples
+            if by_weights and sample_weight is not None:
+                items = tf.reduce_sum(tf.cast(sample_weight, tf.float32))
+            with tf.control_dependencies(count.set(samples, items)):
+                return train_step(data)
+
+        model.train_step = counted_train_step
+        model._gradsync_counts_batch_items = self.items
+        model.make_train_function(force=True)
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        if self.backward_passes_schedule is not None:
+            self._optimizer().backward_passes_per_step = self.backward_passes_schedule(epoch)
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        if self.flush_at_epoch_end:
+            self._optimizer().flush()
+
+
+def _inputs_and_sample_weight(data) -> tuple[Any, Any]:
+    """``x`` and the sample weights (or None) of a batch as ``fit`` gives it to ``train_step``:
+    ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``."""
+    if isinstance(data, list):
+        data = tuple(data)
+    if not isinstance(data, tuple):
+        return data, None
+    return data[0], data[2] if len(data) == 3 else None
+
+
 @functools.cache
 def callback_classes(flavor: KerasFlavor) -> types.SimpleNamespace:
     """gradsync's callback classes for one Keras (made once per flavor)."""
@@ -272,4 +363,5 @@ def callback_classes(flavor: KerasFlavor) -> types.SimpleNamespace:
         BestModelCheckpoint=make(
             "BestModelCheckpoint", SaveBestOnRootRank, callbacks.ModelCheckpoint
         ),
+        AggregationCallback=make("AggregationCallback", AggregateByEpoch, callbacks.Callback),
     )

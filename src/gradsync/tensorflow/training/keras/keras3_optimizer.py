@@ -25,7 +25,9 @@ class _DistributedKerasOptimizer(SynchronizingOptimizer):
     """
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "gradsync": self.gradsync_settings.to_config()}
+        settings = self.gradsync_settings.to_config()
+        settings["backward_passes_per_step"] = self._gradsync_aggregator.backward_passes_per_step
+        return {**super().get_config(), "gradsync": settings}
 
     def save_own_variables(self, store) -> None:
         super().save_own_variables(store)
@@ -53,21 +55,34 @@ class _DistributedKerasOptimizer(SynchronizingOptimizer):
             )
         super().__setattr__(name, value)
 
-    def apply(self, grads, trainable_variables=None):
-        """Aggregates and allreduces ``grads``; updates only on the call that synchronized."""
+    def apply_gradients(self, grads_and_vars, items=None):
+        """``apply`` on ``(gradient, variable)`` pairs; ``items`` as in ``apply``."""
+        grads, trainable_variables = zip(*grads_and_vars, strict=True)
+        self.apply(list(grads), list(trainable_variables), items=items)
+        return self._iterations
+
+    def apply(self, grads, trainable_variables=None, items=None):
+        """Aggregates and allreduces ``grads``; updates only on the call that synchronized.
+
+        ``items``: with ``item_weighted=True``, what the summed loss whose gradients these are
+        sums over (in ``fit``, gradsync's ``AggregationCallback`` gives it per batch)."""
         if trainable_variables is None:
             trainable_variables = self._trainable_variables
         trainable_variables = list(trainable_variables)
         if not self.built:
             self.build(trainable_variables)
         aggregator = self._gradsync_aggregator
-        reduced = aggregator.compute_gradients(list(grads), trainable_variables)
+        grads, items = self._items_and_gradients(list(grads), items)
+        reduced = aggregator.compute_gradients(grads, trainable_variables, items=items)
         apply_update = super().apply
         return aggregator.apply_or_skip(
             lambda: apply_update(reduced, trainable_variables),
             lambda: advance_counters(self),
             after=reduced,
         )
+
+    def _apply_synchronized(self, gradients, variables):
+        return super().apply(gradients, variables)
 
 
 def wrap_keras_optimizer(

@@ -28,7 +28,10 @@ def _loader(optimizer_class: type, overrides: dict[str, Any]) -> type:
                 settings = SyncSettings(**options)
             else:
                 settings = SyncSettings.from_config(saved, **options)
-            return distributed_optimizer(optimizer, settings, overrides.get("name"))
+            wrapped = distributed_optimizer(optimizer, settings, overrides.get("name"))
+            if "backward_passes_per_step" in options:  # wins over the N saved in the state
+                wrapped._gradsync_aggregator.keep_passes_on_restore = True
+            return wrapped
 
     return Loader
 

@@ -22,12 +22,16 @@ from gradsync.tensorflow.training.settings import SyncSettings
 class _DistributedTfKerasOptimizer(SynchronizingOptimizer):
     """Mixin placed before the user's tf_keras optimizer class in the wrapped optimizer's MRO."""
 
-    def apply_gradients(self, grads_and_vars, *args, **kwargs):
-        """Aggregates and allreduces the gradients; updates only on the call that synchronized."""
+    def apply_gradients(self, grads_and_vars, *args, items=None, **kwargs):
+        """Aggregates and allreduces the gradients; updates only on the call that synchronized.
+
+        ``items``: with ``item_weighted=True``, what the summed loss whose gradients these are
+        sums over (in ``fit``, gradsync's ``AggregationCallback`` gives it per batch)."""
         grads_and_vars = list(grads_and_vars)
         variables = [v for _, v in grads_and_vars]
         aggregator = self._gradsync_aggregator
-        reduced = aggregator.compute_gradients([g for g, _ in grads_and_vars], variables)
+        grads, items = self._items_and_gradients([g for g, _ in grads_and_vars], items)
+        reduced = aggregator.compute_gradients(grads, variables, items=items)
         if in_v1_graph():
             _initialize_in_keras_session(aggregator.variables)
         apply_update = super().apply_gradients
@@ -36,6 +40,15 @@ class _DistributedTfKerasOptimizer(SynchronizingOptimizer):
             lambda: advance_counters(self),
             after=reduced,
         )
+
+    def _apply_synchronized(self, gradients, variables):
+        if in_v1_graph():
+            raise RuntimeError(
+                "flush() of a tf_keras optimizer runs in TF2 (eager execution enabled); in a "
+                "v1 graph, aggregate with tf.compat.v1.train optimizers, whose "
+                "DistributedOptimizer has flush(session)."
+            )
+        return super().apply_gradients(list(zip(gradients, variables, strict=True)))
 
 
 def _initialize_in_keras_session(variables) -> None:
