@@ -4,8 +4,10 @@ One process (no communication is involved). The same bytes are accumulated by: n
 ``np.add(acc, g, out=acc)`` on one buffer (the memory-bandwidth limit, the reference), TF's
 own ``assign_add`` on ~60 variables in ``tf.function``, gradsync's ``GradientAggregator``
 (counter, ``tf.cond`` and ``assign_add``, never reaching N) and a whole non-synchronizing
-``apply`` of Keras's SGD wrapped by ``DistributedOptimizer``. Bandwidth counts three passes
-(read the accumulator and the gradient, write the accumulator).
+``apply`` of Keras's SGD wrapped by ``DistributedOptimizer``; the last two also with item
+weighting (``item_weighted=True``, one more scalar added per micro-step), whose cost is given
+as a ratio to the same case without it. Bandwidth counts three passes (read the accumulator
+and the gradient, write the accumulator).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import gradsync.tensorflow as gs
+from gradsync.tensorflow.training import SyncSettings
 from gradsync.tensorflow.training.aggregation import GradientAggregator
 from gradsync.tensorflow.training.reduction import make_gradient_allreducer
 
@@ -36,15 +39,25 @@ def measure(total_mb: int, repeats: int) -> dict:
         for target, g in zip(targets, gradients, strict=True):
             target.assign_add(g.read_value(), read_value=False)
 
-    aggregator = GradientAggregator(NEVER, make_gradient_allreducer())
-    aggregate = tf.function(
-        lambda: aggregator.compute_gradients([g.read_value() for g in gradients], targets)
-    )
-    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(1e-3), backward_passes_per_step=NEVER)
-    weights = [tf.Variable(np.zeros_like(a)) for a in arrays]
-    skipped_step = tf.function(
-        lambda: optimizer.apply([g.read_value() for g in gradients], weights)
-    )
+    def accumulate(item_weighted: bool):
+        settings = SyncSettings(backward_passes_per_step=NEVER, item_weighted=item_weighted)
+        aggregator = GradientAggregator(settings, make_gradient_allreducer(settings))
+        items = tf.constant(32.0) if item_weighted else None
+        return tf.function(
+            lambda: aggregator.compute_gradients(
+                [g.read_value() for g in gradients], targets, items=items
+            )
+        )
+
+    def skipped_step(item_weighted: bool):
+        optimizer = gs.DistributedOptimizer(
+            keras.optimizers.SGD(1e-3), backward_passes_per_step=NEVER, item_weighted=item_weighted
+        )
+        weights = [tf.Variable(np.zeros_like(a)) for a in arrays]
+        items = tf.constant(32.0) if item_weighted else None
+        return tf.function(
+            lambda: optimizer.apply([g.read_value() for g in gradients], weights, items=items)
+        )
 
     def numpy_per_tensor():
         for target, g in zip(numpy_accumulators, arrays, strict=True):
@@ -54,8 +67,10 @@ def measure(total_mb: int, repeats: int) -> dict:
         "numpy_add": lambda: np.add(accumulator, gradient, out=accumulator),
         "numpy_add_60_tensors": numpy_per_tensor,
         "tf_assign_add": tf_assign_add,
-        "gradsync_accumulate": aggregate,
-        "gradsync_skipped_step": skipped_step,
+        "gradsync_accumulate": accumulate(False),
+        "gradsync_accumulate_items": accumulate(True),
+        "gradsync_skipped_step": skipped_step(False),
+        "gradsync_skipped_step_items": skipped_step(True),
     }
     times = common.interleaved(cases, repeats, max(5, 640 // total_mb))
     reference = times["numpy_add"]
@@ -70,6 +85,11 @@ def measure(total_mb: int, repeats: int) -> dict:
         # Fraction of numpy's bandwidth: numpy's time over this case's time, per repeat.
         "fraction_of_numpy": {
             name: common.ratios(reference, values) for name, values in times.items()
+        },
+        # What item weighting costs: the time with it over the time without, per repeat.
+        "item_weighting_cost": {
+            case: common.ratios(times[f"{case}_items"], times[case])
+            for case in ("gradsync_accumulate", "gradsync_skipped_step")
         },
     }
 

@@ -124,6 +124,15 @@ def accumulate_section(record: dict) -> tuple[str, list]:
                     ok(g["median"] >= 0.7),
                 ]
             )
+            for case, cost in size.get("item_weighting_cost", {}).items():
+                targets.append(
+                    [
+                        f"{case} {size['mb']:.0f} MB with item weighting / without",
+                        "<= 1.05",
+                        ratio(cost),
+                        ok(cost["median"] <= 1.05),
+                    ]
+                )
     return table(["MB", "numpy GB/s", *ACCUMULATE], rows), targets
 
 

@@ -76,3 +76,17 @@ def test_fit_with_aggregation_callback_and_unequal_batches_matches_big_batches(r
     for report in reports:
         # Every rank applied every round's update, however many batches it had.
         assert report[case]["iterations"] == report[case]["rounds"]
+
+
+GRAPH_WORKER = Path(__file__).parent / "workers" / "exact_graph_worker.py"
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_v1_graph_item_weights_changed_passes_and_flush_match_big_batches(tmp_path, ranks):
+    reports = run_ranks(GRAPH_WORKER, ranks, tmp_path)
+    for case in ("sgd", "adam"):
+        assert_matches_reference(reports, case)
+        for report in reports:
+            assert report[case]["flush_updates"] == 1
+            # Five windows and the flushed one, counted as updates.
+            assert report[case]["global_step"] == 6

@@ -284,3 +284,85 @@ def test_results_kept_across_sync_steps_never_change():
         np.testing.assert_array_equal(later[1].numpy()[:3], [2.0 * k] * 3)
     for kept, values in zip(first, expected, strict=True):
         np.testing.assert_array_equal(kept.numpy(), values)
+
+
+def _one_step(optimizer, variable, items=None):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(variable * variable)
+    grads = tape.gradient(loss, [variable])
+    optimizer.apply_gradients(zip(grads, [variable], strict=True), items=items)
+
+
+def test_items_without_item_weighting_is_refused():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.1), backward_passes_per_step=2)
+    with pytest.raises(ValueError, match="created without item_weighted=True"):
+        _one_step(optimizer, variable, items=3.0)
+
+
+def test_item_weighting_needs_items():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.1), item_weighted=True)
+    with pytest.raises(ValueError, match="needs each micro-step's item count"):
+        _one_step(optimizer, variable)
+
+
+def test_item_weighting_needs_average():
+    with pytest.raises(ValueError, match="needs op=Average, got op=SUM"):
+        gs.DistributedOptimizer(keras.optimizers.SGD(0.1), item_weighted=True, op=gs.Sum)
+
+
+def test_item_weighted_single_process_divides_by_items():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(
+        keras.optimizers.SGD(1.0),
+        backward_passes_per_step=2,
+        item_weighted=True,
+        average_aggregated_gradients=True,
+    )
+    _one_step(optimizer, variable, items=3.0)  # gradient of the sum: 2 * [1, 2]
+    _one_step(optimizer, variable, items=1.0)
+    # (2 + 2) * [1, 2] over 4 items, one step of 1.0
+    np.testing.assert_allclose(variable.numpy(), [0.0, 0.0], atol=1e-7)
+
+
+def test_flush_applies_a_partial_window_divided_by_what_it_holds():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(
+        keras.optimizers.SGD(0.5), backward_passes_per_step=4, average_aggregated_gradients=True
+    )
+    _one_step(optimizer, variable)
+    _one_step(optimizer, variable)
+    np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])  # no update yet
+    assert optimizer.flush() == 1
+    np.testing.assert_allclose(variable.numpy(), [0.0, 0.0], atol=1e-7)  # 0.5 * mean of 2 x
+    assert optimizer.flush() == 0  # nothing left
+    assert int(optimizer._gradsync_aggregator.counter.numpy()) == 0
+
+
+def test_flush_inside_tf_function_is_refused():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.5), backward_passes_per_step=2)
+    _one_step(optimizer, variable)
+    with pytest.raises(RuntimeError, match="call it outside tf.function"):
+        tf.function(optimizer.flush)()
+
+
+def test_changing_passes_after_tracing_without_a_window_is_refused():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.1))
+    tf.function(lambda: _one_step(optimizer, variable))()
+    with pytest.raises(ValueError, match="created with backward_passes_per_step=1 once"):
+        optimizer.backward_passes_per_step = 2
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
+        optimizer.backward_passes_per_step = 0
+
+
+def test_changing_passes_eagerly_from_one_gives_windows():
+    variable = tf.Variable([1.0, 2.0])
+    optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(0.5))
+    optimizer.backward_passes_per_step = 2
+    _one_step(optimizer, variable)
+    np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])
+    _one_step(optimizer, variable)
+    np.testing.assert_allclose(variable.numpy(), [-1.0, -2.0])  # the sum of two gradients

@@ -411,10 +411,18 @@ def describe_mismatch(descriptions: list[dict[str, Any] | None], skip: Sequence[
     key, signature = reference["key"], reference["signature"]
     for rank, description in ranked[1:]:
         theirs = description["signature"]
-        for field in sorted(set(signature) | set(theirs)):
+        # The layout last: it differs whenever the tensors do, and says less.
+        fields = sorted(set(signature) | set(theirs), key=lambda f: (f == "layout", f))
+        for field in fields:
             value, other = signature.get(field), theirs.get(field)
             if other == value:
                 continue
+            if field == "layout":
+                return (
+                    f"{key}: the ranks packed the same tensors differently (rank {rank}: "
+                    f"{other!r}, rank {first_rank}: {value!r}); issue the collective the same "
+                    "way on every rank."
+                )
             if field == "refused":
                 refused_rank, reason = (rank, other) if other else (first_rank, value)
                 return f"{key}: rank {refused_rank} refused its arguments: {reason}"

@@ -15,6 +15,7 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
+from exact_worker_data import B0, CLASSES, FEATURES, TOKENS, W0, concatenated, micro_batch
 
 import gradsync.tensorflow as gs
 import gradsync.tensorflow.keras as gs_keras
@@ -24,23 +25,6 @@ from support import report
 
 gs.init()
 RANK, SIZE = gs.rank(), gs.size()
-FEATURES, CLASSES, TOKENS = 6, 3, 4
-W0 = np.random.default_rng(0).normal(scale=0.5, size=(FEATURES, CLASSES)).astype(np.float32)
-B0 = np.zeros(CLASSES, np.float32)
-
-
-def micro_batch(case: int, index: int, rank: int, tokens: int = TOKENS):
-    """A micro-batch of 1 to 5 samples of ``tokens`` positions each, about 70% unmasked."""
-    rng = np.random.default_rng([case, index, rank])
-    n = int(rng.integers(1, 6))
-    x = rng.normal(size=(n, tokens, FEATURES)).astype(np.float32)
-    y = rng.integers(0, CLASSES, size=(n, tokens))
-    mask = (rng.random((n, tokens)) < 0.7).astype(np.float32)
-    return x, y, mask
-
-
-def concatenated(batches):
-    return tuple(np.concatenate([b[i] for b in batches]) for i in range(3))
 
 
 def summed_loss(w, b, x, y, mask):

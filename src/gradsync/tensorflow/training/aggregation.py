@@ -1,21 +1,27 @@
 """Local gradient aggregation: sum N backward passes locally, communicate once per N.
 
-The semantics are written once, in ``GradientAggregator``, as TensorFlow ops (``tf.cond`` on a
-counter variable), so the same code serves v1 graphs, ``tf.function`` and eager execution.
-For every call with gradients ``g``:
+The semantics are written once, in ``GradientAggregator``, as TensorFlow ops (``tf.cond`` on
+counter variables), so the same code serves v1 graphs, ``tf.function`` and eager execution.
+For every call with gradients ``g`` (and, item-weighted, the item count ``n``):
 
-1. when the counter is 0, the accumulators are set to ``g`` (an assignment, so an inf or NaN
-   left by an earlier window cannot leak into this one); otherwise ``g`` is added to them;
+1. when the counter is 0, a window starts: the accumulators are set to ``g`` (an assignment,
+   so an inf or NaN left by an earlier window cannot leak into this one), the window's weight
+   to ``n`` (1 per micro-step without item weights) and its N to the N requested last;
+   otherwise ``g`` and ``n`` are added;
 2. the counter is incremented;
-3. when the counter reaches N, the accumulators are allreduced in one fused communication,
-   divided by N if ``average_aggregated_gradients``, and the counter is reset to 0. Those are
-   the gradients returned, and ``synchronized()`` is then true. On the other calls this call's
-   own gradients are returned, and nothing is to be applied.
+3. when the counter reaches the window's N, the window is reduced: with op=Average, the sums
+   and the weight travel in one fused allreduce and the result is ``sum of gradients / sum of
+   weights`` over every rank (times N unless ``average_aggregated_gradients``); with other ops,
+   the sums are reduced as the op says (and divided by N if averaged). The counter is reset
+   and ``synchronized()`` is then true. On the other calls this call's own gradients are
+   returned, and nothing is to be applied.
 
-``apply_or_skip`` applies the update only on the call that synchronized. On the others it
-advances the step counters when ``count_steps="calls"`` (the default, as in Horovod: a counter
-moves by one per call) and leaves them alone when ``count_steps="updates"`` (so learning-rate
-schedules and Adam's bias correction count applied updates).
+``flush`` reduces partial windows the same way, in rounds that go on until every rank flushes
+(see ``flush_round``). ``apply_or_skip`` applies the update only on the call that
+synchronized. On the others it advances the step counters when ``count_steps="calls"`` (the
+default, as in Horovod: a counter moves by one per call) and leaves them alone when
+``count_steps="updates"`` (so learning-rate schedules and Adam's bias correction count applied
+updates).
 
 ``LocalGradientAggregationHelper`` and ``LocalGradientAggregationHelperEager`` are Horovod's
 names and constructors for the same aggregator.
@@ -132,6 +138,7 @@ class GradientAggregator(tf.Module):
         self.window_passes: tf.Variable | None = None
         self.accumulators: list[tf.Variable] = []
         self._variables: list[Any] = []
+        self._set_passes: tuple[tf.Tensor, tf.Operation] | None = None
 
     def state(self) -> list[tf.Variable]:
         """The counter, origin, weight, passes, window_passes and the accumulators, in that
@@ -209,7 +216,9 @@ class GradientAggregator(tf.Module):
                 "the optimizer was created with backward_passes_per_step > 1 and its "
                 "training op was built."
             )
-        self.passes.load(value, session or tf.compat.v1.get_default_session())
+        session = session or tf.compat.v1.get_default_session()
+        feed, assign = self._set_passes
+        session.run(assign, {feed: value})
         self._first_passes = value
 
     def _prepare(self, gradient):
@@ -251,6 +260,9 @@ class GradientAggregator(tf.Module):
         self.window_passes = _new_state_variable(
             [], tf.int64, f"{self._name}_window_passes", initial_value=self._first_passes
         )
+        if in_v1_graph():  # made now: the graph may be finalized when N is set
+            feed = tf.compat.v1.placeholder(tf.int64, [], name=f"{self._name}_new_passes")
+            self._set_passes = (feed, self.passes.assign(feed, read_value=False))
         for i, (shape, dtype) in enumerate(accumulator_layouts):
             # Appended one by one, so that a checkpoint restores each as it is created.
             self.accumulators.append(
