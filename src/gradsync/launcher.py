@@ -7,6 +7,9 @@ It runs the MPI's own ``mpiexec`` (the one installed beside this Python, else th
 ``PATH``, else ``--mpiexec``), passing the command as an argument list, never through a shell.
 When any worker fails, the job is ended and ``gradsyncrun`` exits non-zero; a worker that
 died without a word (killed by a signal, or crashed) is named by its rank.
+
+With ``--min-np``, ``--max-np`` or ``--host-discovery-script`` the job is elastic: a failure
+costs a relaunch from the last commit instead (see ``gradsync.elastic.supervisor``).
 """
 
 from __future__ import annotations
@@ -121,8 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-np", "--num-proc", dest="np", type=int, required=True)
     parser.add_argument("-H", "--hosts", default=None, help="host1:slots,host2:slots")
     parser.add_argument("--mpiexec", default=None, help="path of the mpiexec to use")
+    elastic = parser.add_argument_group("elastic training (a failure costs a relaunch)")
+    elastic.add_argument("--min-np", type=int, default=None, help="fewest workers to run on")
+    elastic.add_argument("--max-np", type=int, default=None, help="most workers to grow to")
+    elastic.add_argument(
+        "--host-discovery-script", default=None, help="prints the hosts on offer, host:slots"
+    )
+    elastic.add_argument("--max-restarts", type=int, default=3, help="relaunches after failures")
+    elastic.add_argument(
+        "--elastic-timeout", type=float, default=600.0, help="seconds to wait for --min-np slots"
+    )
+    elastic.add_argument("--state-dir", default=None, help="where stopped workers write commits")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
+    if any(v is not None for v in (options.min_np, options.max_np, options.host_discovery_script)):
+        return _run_elastic(parser, options)
     try:
         hosts = parse_hosts(options.hosts) if options.hosts else None
         mpiexec = find_mpiexec(options.mpiexec)
@@ -150,6 +166,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     sys.stderr.write(f"gradsyncrun: the job failed (exit status {code}).\n")
     return code if code > 0 else 128 - code
+
+
+def _run_elastic(parser: argparse.ArgumentParser, options: argparse.Namespace) -> int:
+    from gradsync.elastic.supervisor import ElasticError, ElasticOptions, supervise
+
+    try:
+        if not options.command:
+            raise LaunchError("no command given: gradsyncrun -np N --min-np M python train.py")
+        elastic = ElasticOptions(
+            np=options.np,
+            min_np=options.min_np if options.min_np is not None else options.np,
+            max_np=options.max_np if options.max_np is not None else options.np,
+            command=list(options.command),
+            mpiexec=find_mpiexec(options.mpiexec),
+            hosts=parse_hosts(options.hosts) if options.hosts else None,
+            discovery_script=options.host_discovery_script,
+            max_restarts=options.max_restarts,
+            elastic_timeout=options.elastic_timeout,
+            state_dir=options.state_dir,
+        )
+    except (LaunchError, ElasticError) as error:
+        parser.error(str(error))
+    if mpi_flavor(elastic.mpiexec) != "hydra":
+        parser.error("elastic mode needs MPICH's mpiexec (hydra), as installed by gradsync[mpich].")
+    return supervise(elastic)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,28 @@ class Listener:
         self._server.listen(1024)
         self._first_leaving: float | None = None
         self._silent_ends: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        #: rank -> process id of the workers connected now.
+        self._live: dict[int, int] = {}
+        #: (rank, process id) of every worker that ended without saying "leaving", in order.
+        self._silent: list[tuple[int, int]] = []
         threading.Thread(target=self._serve, daemon=True).start()
+
+    def live_workers(self) -> dict[int, int]:
+        """Rank -> process id of the workers that are connected now."""
+        with self._lock:
+            return dict(self._live)
+
+    def silent_ends(self) -> list[tuple[int, int]]:
+        """(rank, process id) of each worker that ended without saying "leaving", in order
+        (whether or not another worker left on purpose before)."""
+        with self._lock:
+            return list(self._silent)
+
+    def close(self) -> None:
+        """Stops accepting workers (the socket file is removed by its folder's owner)."""
+        with contextlib.suppress(OSError):
+            self._server.close()
 
     def died_without_a_word(self) -> str | None:
         """ "rank R (pid P)" of the first worker that ended silently before any worker left
@@ -74,15 +95,38 @@ class Listener:
                     connection, _ = self._server.accept()
                     selector.register(connection, selectors.EVENT_READ, bytearray())
                     continue
-                received = key.fileobj.recv(4096)
+                try:
+                    received = key.fileobj.recv(4096)
+                except OSError:
+                    received = b""
                 if received:
                     key.data.extend(received)
+                    self._note_worker(key.data)
                     if b"leaving" in key.data and self._first_leaving is None:
                         self._first_leaving = time.monotonic()
                     continue
                 selector.unregister(key.fileobj)
                 key.fileobj.close()
                 words = key.data.decode(errors="replace").split()
-                if "leaving" not in words and len(words) >= 2:
-                    who = f"rank {words[0]} (pid {words[1]})"
+                identity = _identity(words)
+                with self._lock:
+                    if identity is not None:
+                        self._live.pop(identity[0], None)
+                if "leaving" not in words and identity is not None:
+                    who = f"rank {identity[0]} (pid {identity[1]})"
                     self._silent_ends.append((time.monotonic(), who))
+                    with self._lock:
+                        self._silent.append(identity)
+
+    def _note_worker(self, data: bytearray) -> None:
+        identity = _identity(data.decode(errors="replace").split())
+        if identity is not None and b"\n" in data:
+            with self._lock:
+                self._live.setdefault(identity[0], identity[1])
+
+
+def _identity(words: list[str]) -> tuple[int, int] | None:
+    """(rank, pid) from a worker's first line, or None if it is not there yet."""
+    if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+        return int(words[0]), int(words[1])
+    return None

@@ -2,7 +2,7 @@
 ``import horovod.keras as hvd`` to ``import gradsync.keras as hvd``."""
 
 # ruff: noqa: F401, F403
-from gradsync.keras import callbacks
+from gradsync.keras import callbacks, elastic
 from gradsync.tensorflow.training.keras import saving
 from gradsync.tensorflow.training.keras.api import *
 from gradsync.tensorflow.training.keras.api import __all__ as _api
@@ -10,4 +10,4 @@ from gradsync.tensorflow.training.keras.flavors import KERAS_3
 
 load_model = saving.load_model_for(lambda: KERAS_3)
 
-__all__ = [*_api, "callbacks", "load_model"]
+__all__ = [*_api, "callbacks", "elastic", "load_model"]

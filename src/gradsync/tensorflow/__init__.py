@@ -26,6 +26,7 @@ from gradsync.engine import (
     start_timeline,
     stop_timeline,
 )
+from gradsync.tensorflow import elastic
 from gradsync.tensorflow.horovod_helpers import (
     check_extension,
     check_num_rank_power_of_2,
@@ -104,6 +105,7 @@ Max = ReduceOp.MAX
 Product = ReduceOp.PRODUCT
 
 __all__ = [
+    "elastic",
     "Adasum",
     "Average",
     "BroadcastGlobalVariablesHook",

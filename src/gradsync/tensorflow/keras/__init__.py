@@ -4,7 +4,7 @@ Keras's callbacks.
 """
 
 # ruff: noqa: F401, F403
-from gradsync.tensorflow.keras import callbacks
+from gradsync.tensorflow.keras import callbacks, elastic
 from gradsync.tensorflow.training.keras import saving
 from gradsync.tensorflow.training.keras.api import *
 from gradsync.tensorflow.training.keras.api import __all__ as _api
@@ -12,4 +12,4 @@ from gradsync.tensorflow.training.keras.flavors import flavor_of_tf_keras
 
 load_model = saving.load_model_for(flavor_of_tf_keras)
 
-__all__ = [*_api, "callbacks", "load_model"]
+__all__ = [*_api, "callbacks", "elastic", "load_model"]

@@ -2,7 +2,7 @@
 ``tf.keras`` is: the same names as ``gradsync.tensorflow.keras``, with tf_keras callbacks."""
 
 # ruff: noqa: F401, F403
-from gradsync.tensorflow.tf_keras import callbacks
+from gradsync.tensorflow.tf_keras import callbacks, elastic
 from gradsync.tensorflow.training.keras import saving
 from gradsync.tensorflow.training.keras.api import *
 from gradsync.tensorflow.training.keras.api import __all__ as _api
@@ -10,4 +10,4 @@ from gradsync.tensorflow.training.keras.flavors import TF_KERAS
 
 load_model = saving.load_model_for(lambda: TF_KERAS)
 
-__all__ = [*_api, "callbacks", "load_model"]
+__all__ = [*_api, "callbacks", "elastic", "load_model"]

@@ -1,0 +1,289 @@
+"""``gradsyncrun``'s elastic mode: launches the world, watches it, and relaunches it on the
+slots that remain when a worker dies or its host goes away, or on more slots when hosts come.
+
+    gradsyncrun -np 3 --min-np 2 --max-np 4 --host-discovery-script ./hosts.sh python train.py
+
+Hosts come from ``-H host:slots,...`` or from a script that prints one ``host:slots`` per line
+(run every second). A host whose worker failed is left out until the script stops listing it
+and lists it again. Hosts that are this machine (``localhost``, ``127.x.y.z``, its own name)
+run their workers here; so one machine can stand for several hosts.
+
+Every relaunch is logged on one line (why, which rank and host, the new world size, the commit
+it resumes from), and counts against ``--max-restarts`` unless it only grows the world.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gradsync.elastic import storage, worker
+from gradsync.roll_call import SOCKET_VARIABLE, Listener
+
+#: Seconds a stopped world has to write its commits and exit before it is killed.
+STOP_GRACE = 30.0
+POLL = 0.1
+DISCOVERY_PERIOD = 1.0
+
+
+class ElasticError(RuntimeError):
+    """The elastic job cannot go on (no slots, too many restarts, a bad discovery script)."""
+
+
+@dataclasses.dataclass
+class ElasticOptions:
+    np: int
+    min_np: int
+    max_np: int
+    command: list[str]
+    mpiexec: str
+    hosts: list[tuple[str, int]] | None = None
+    discovery_script: str | None = None
+    max_restarts: int = 3
+    elastic_timeout: float = 600.0
+    state_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_np <= self.np <= self.max_np:
+            raise ElasticError(
+                f"need 1 <= --min-np ({self.min_np}) <= -np ({self.np}) <= --max-np "
+                f"({self.max_np})."
+            )
+        if (self.hosts is None) == (self.discovery_script is None):
+            raise ElasticError("elastic mode needs one of -H and --host-discovery-script.")
+        if self.max_restarts < 0:
+            raise ElasticError(f"--max-restarts must be >= 0, got {self.max_restarts}.")
+
+
+def is_this_machine(host: str) -> bool:
+    return host in ("localhost", socket.gethostname()) or host.startswith("127.")
+
+
+class Hosts:
+    """The slots on offer now: the discovery script's (or ``-H``'s), less failed hosts."""
+
+    def __init__(self, options: ElasticOptions) -> None:
+        self.options = options
+        self.failed: set[str] = set()
+        self._last_seen: dict[str, int] = {}
+
+    def discover(self) -> dict[str, int]:
+        if self.options.hosts is not None:
+            seen = dict(self.options.hosts)
+        else:
+            seen = self._run_script()
+        for host in list(self.failed):
+            if host not in seen:  # gone from the list: it may come back as new
+                self.failed.discard(host)
+        self._last_seen = seen
+        return {h: s for h, s in seen.items() if h not in self.failed}
+
+    def _run_script(self) -> dict[str, int]:
+        script = self.options.discovery_script
+        try:
+            result = subprocess.run(
+                [script], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise ElasticError(f"host discovery script {script} failed: {error}") from error
+        if result.returncode != 0:
+            raise ElasticError(
+                f"host discovery script {script} exited {result.returncode}: "
+                f"{result.stderr.strip()[-500:]}"
+            )
+        hosts: dict[str, int] = {}
+        for line in result.stdout.split():
+            name, _, slots = line.partition(":")
+            if not name or (slots and not slots.isdigit()):
+                raise ElasticError(
+                    f"host discovery script {script} printed {line!r}: expected host:slots."
+                )
+            hosts[name] = int(slots or 1)
+        return hosts
+
+
+def _placement(hosts: dict[str, int], size: int) -> list[str]:
+    """The host of each rank: slots filled host by host."""
+    placement = []
+    for host, slots in hosts.items():
+        placement += [host] * slots
+    return placement[:size]
+
+
+def _mpiexec_command(options: ElasticOptions, placement: list[str]) -> list[str]:
+    command = [options.mpiexec, "-n", str(len(placement)), "-disable-auto-cleanup"]
+    if not all(is_this_machine(h) for h in placement):
+        counts: dict[str, int] = {}
+        for host in placement:
+            counts[host] = counts.get(host, 0) + 1
+        command += ["-hosts", ",".join(f"{h}:{n}" for h, n in counts.items())]
+    return command + [sys.executable, "-m", "gradsync.elastic.guard", *options.command]
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"gradsyncrun: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclasses.dataclass
+class _Outcome:
+    code: int | None
+    reason: str | None = None  # why the world was stopped, when it was
+    grow: bool = False
+
+
+class Supervisor:
+    def __init__(self, options: ElasticOptions, folder: Path) -> None:
+        self.options = options
+        self.folder = folder
+        self.hosts = Hosts(options)
+        self.generation = 0
+        self.restarts = 0
+
+    def wait_for_slots(self) -> dict[str, int]:
+        """The hosts on offer, once they have at least ``--min-np`` slots."""
+        deadline = time.monotonic() + self.options.elastic_timeout
+        while True:
+            hosts = self.hosts.discover()
+            total = sum(hosts.values())
+            if total >= self.options.min_np:
+                return hosts
+            if time.monotonic() >= deadline:
+                failed = f"; left out after failures: {sorted(self.hosts.failed)}" * bool(
+                    self.hosts.failed
+                )
+                raise ElasticError(
+                    f"--min-np {self.options.min_np} cannot be reached: {total} slots on offer "
+                    f"({hosts or 'no hosts'}){failed} after waiting "
+                    f"{self.options.elastic_timeout:.0f} s (--elastic-timeout)."
+                )
+            time.sleep(DISCOVERY_PERIOD)
+
+    def run(self) -> int:
+        while True:
+            hosts = self.wait_for_slots()
+            total = sum(hosts.values())
+            wanted = self.options.np if self.generation == 0 else self.options.max_np
+            placement = _placement(hosts, min(wanted, total, self.options.max_np))
+            outcome = self._run_generation(placement)
+            if outcome.code == 0 and outcome.reason is None:
+                return 0
+            newest = storage.newest_commit(self.folder)
+            resume = f"commit {newest[0]}" if newest else "the start (no commit yet)"
+            if outcome.grow:
+                why = "hosts were added"
+            else:
+                self.restarts += 1
+                why = outcome.reason or f"the world exited with status {outcome.code}"
+                if self.restarts > self.options.max_restarts:
+                    raise ElasticError(
+                        f"giving up after {self.options.max_restarts} restarts "
+                        f"(--max-restarts): {why}."
+                    )
+            self.generation += 1
+            hosts = self.wait_for_slots()
+            size = min(sum(hosts.values()), self.options.max_np)
+            _log(
+                f"restart {self.generation}: {why}; new world size {size} on "
+                f"{','.join(f'{h}:{s}' for h, s in hosts.items())}; resuming from {resume}"
+            )
+
+    def _run_generation(self, placement: list[str]) -> _Outcome:
+        with tempfile.TemporaryDirectory(prefix="gradsyncrun-") as directory:
+            listener = Listener(os.path.join(directory, "roll_call"))
+            environment = {
+                **os.environ,
+                SOCKET_VARIABLE: listener.path,
+                worker.STATE_VARIABLE: str(self.folder),
+                worker.GENERATION_VARIABLE: str(self.generation),
+                "GRADSYNC_ABORT_ON_ERROR": "0",
+            }
+            process = subprocess.Popen(
+                _mpiexec_command(self.options, placement), env=environment, start_new_session=True
+            )
+            try:
+                return self._watch(process, listener, placement)
+            finally:
+                self._end(process, listener)
+                listener.close()
+
+    def _watch(self, process: subprocess.Popen, listener: Listener, placement) -> _Outcome:
+        next_discovery = time.monotonic() + DISCOVERY_PERIOD
+        while True:
+            code = process.poll()
+            silent = listener.silent_ends()
+            if silent:
+                rank, pid = silent[0]
+                host = placement[rank] if rank < len(placement) else "?"
+                self.hosts.failed.add(host)
+                reason = f"rank {rank} (pid {pid}, host {host}) ended without finishing"
+                self._stop(process, listener)
+                return _Outcome(process.poll(), reason)
+            if code is not None:
+                if code == worker.RESTART_EXIT_CODE:
+                    return _Outcome(code, "hosts were added", grow=True)
+                return _Outcome(code, None if code == 0 else f"the world exited {code}")
+            if time.monotonic() >= next_discovery:
+                next_discovery = time.monotonic() + DISCOVERY_PERIOD
+                hosts = self.hosts.discover()
+                gone = [h for h in set(placement) if hosts.get(h, 0) < placement.count(h)]
+                if gone:
+                    self._stop(process, listener)
+                    return _Outcome(process.poll(), f"host {sorted(gone)[0]} left")
+                more = min(sum(hosts.values()), self.options.max_np) > len(placement)
+                if more and storage.hosts_update_generation(self.folder) < self.generation:
+                    storage.mark_hosts_updated(self.folder, self.generation)
+            time.sleep(POLL)
+
+    def _stop(self, process: subprocess.Popen, listener: Listener) -> None:
+        """Asks every live worker to write its commit and exit; waits for the world to end."""
+        for pid in listener.live_workers().values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _end(self, process: subprocess.Popen, listener: Listener) -> None:
+        """Leaves no process of this world behind."""
+        if process.poll() is None:
+            self._stop(process, listener)
+        if process.poll() is None:
+            for pid in listener.live_workers().values():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+
+def supervise(options: ElasticOptions) -> int:
+    """Runs the elastic job; returns its exit status."""
+    folder = Path(options.state_dir) if options.state_dir else None
+    with tempfile.TemporaryDirectory(prefix="gradsync-elastic-") as default_folder:
+        folder = folder or Path(default_folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return Supervisor(options, folder).run()
+        except ElasticError as error:
+            _log(f"error: {error}")
+            return 1
+
+
+def elastic_requested(arguments: Sequence[str | None]) -> bool:
+    return any(a is not None for a in arguments)
