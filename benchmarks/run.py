@@ -39,6 +39,7 @@ PLANS = {
         "memory": {"models": ["10M"], "configs": ["plain", "1", "4"]},
         "horovod": {"models": ["10M"], "ns": [1, 4, 8], "repeats": 5, "micro_steps": 8},
         "soak": {"micro_steps": 2000},
+        "elastic": {"models": ["10M"], "repeats": 5},
     },
     "full": {
         "allreduce": {"sizes": [1, 4, 16, 64], "repeats": 9},
@@ -53,9 +54,10 @@ PLANS = {
         "memory": {"models": ["10M", "50M"], "configs": ["plain", "1", "4"]},
         "horovod": {"models": ["1M", "10M"], "ns": [1, 2, 4, 8], "repeats": 7, "micro_steps": 16},
         "soak": {"micro_steps": 10000},
+        "elastic": {"models": ["1M", "10M"], "repeats": 9},
     },
 }
-ITEMS = ["allreduce", "accumulate", "training", "mwms", "memory", "soak"]
+ITEMS = ["allreduce", "accumulate", "training", "mwms", "memory", "soak", "elastic"]
 SOAK_WORKER = ROOT / "tests" / "tensorflow" / "workers" / "soak_worker.py"
 
 
@@ -147,6 +149,10 @@ def run_soak(plan: dict, timeout: float) -> list[dict]:
 def run_item(item: str, plan: dict, timeout: float) -> list[dict]:
     if item == "soak":
         return run_soak(plan, timeout)
+    if item == "elastic":
+        args = ["--repeats", str(plan["repeats"]), "--out", str(LOGS / "elastic.json")]
+        command = [PYTHON, "elastic.py", *args, "--models", *plan["models"]]
+        return [run_one("elastic", [(command, {})], LOGS / "elastic.json", timeout)]
     tmp = LOGS / f"{item}.json"
     repeats = ["--repeats", str(plan.get("repeats", 3))]
     if item in ("allreduce", "accumulate"):

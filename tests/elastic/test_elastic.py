@@ -121,3 +121,146 @@ def test_sigkilled_rank_costs_one_relaunch_on_the_ranks_left(tmp_path, passes):
     assert len(job.restarts) == 1
     assert "rank 1 (pid" in job.restarts[0] and "host 127.0.0.2" in job.restarts[0]
     assert "new world size 2" in job.restarts[0] and "resuming from commit 2" in job.restarts[0]
+
+
+def test_rank_that_raises_costs_one_relaunch(tmp_path):
+    job = Job(tmp_path, 3, "-np", "3", "--min-np", "1", passes=3, faults=["raise@0:7:2"])
+    job.assert_matches_reference(3)
+    assert [h["size"] for h in job.history] == [3, 2]
+    assert "injected failure" in job.log
+    # Raised after step 7: the commits were at steps 2, 4, 6 and the epoch's end (5).
+    assert "rank 2 (pid" in job.restarts[0] and "resuming from commit 5" in job.restarts[0]
+
+
+def test_rank_that_hangs_is_caught_by_the_stall_timeout(tmp_path):
+    stall = {"GRADSYNC_STALL_CHECK_TIME": "1", "GRADSYNC_STALL_SHUTDOWN_TIME": "3"}
+    job = Job(tmp_path, 3, "-np", "3", "--min-np", "1", faults=["hang@0:5:1"], env=stall)
+    job.assert_matches_reference(1)
+    assert [h["size"] for h in job.history] == [3, 2]
+    assert "StallError" in job.log
+    assert "resuming from commit 2" in job.restarts[0]
+
+
+def test_kill_while_writing_resumes_from_the_previous_commit(tmp_path):
+    # The first world loses rank 1 after step 5 (commit 2 is written). The second loses its
+    # rank 0 after step 10, and its rank 1 dies while writing commit 5: the third world
+    # resumes from commit 2, on the one slot left.
+    faults = ["kill@0:5:1", "write-kill@1:9:1", "kill@1:10:0"]
+    job = Job(tmp_path, 3, "-np", "3", "--min-np", "1", faults=faults)
+    job.assert_matches_reference(1)
+    assert [h["size"] for h in job.history] == [3, 2, 1]
+    assert [h["commit"] for h in job.history] == [0, 2, 2]
+    assert "resuming from commit 2" in job.restarts[1]
+    assert list(job.state.glob("*.tmp")), "the half-written commit was left, unread"
+
+
+def test_world_grows_at_the_next_commit_when_a_slot_appears(tmp_path):
+    job = Job(
+        tmp_path, 2, "-np", "2", "--min-np", "1", "--max-np", "3", passes=3, faults=["grow@3"]
+    )
+    job.assert_matches_reference(3)
+    assert [h["size"] for h in job.history] == [2, 3]
+    assert "hosts were added" in job.restarts[0] and "new world size 3" in job.restarts[0]
+    # Grown at the commit after step 3 (step 4, one micro-step into a window: its start).
+    assert (job.history[1]["epoch"], job.history[1]["batch"]) == (0, 3)
+
+
+def test_fit_with_keras_state_and_callbacks_survives_a_sigkill(tmp_path):
+    job = Job(tmp_path, 3, "-np", "3", "--min-np", "1", mode="fit", passes=3, faults=["kill@0:8:0"])
+    job.assert_matches_reference(3)
+    assert [h["size"] for h in job.history] == [3, 2]
+    assert (job.history[1]["epoch"], job.history[1]["batch"]) == (1, 0)
+
+
+def _no_worker_left(tmp_path: Path) -> bool:
+    found = subprocess.run(["pgrep", "-f", str(tmp_path / "out")], capture_output=True)
+    return found.returncode == 1
+
+
+def test_min_np_out_of_reach_is_a_clear_error_after_the_timeout(tmp_path):
+    job = Job(tmp_path, 2, "-np", "2", "--min-np", "2", faults=["kill@0:5:1"])
+    assert job.code != 0 and job.result is None
+    assert "--min-np 2 cannot be reached: 1 slots on offer" in job.log
+    assert "after waiting 3 s (--elastic-timeout)" in job.log
+    assert _no_worker_left(tmp_path)
+
+
+def test_max_restarts_exhausted_is_a_clear_error(tmp_path):
+    job = Job(
+        tmp_path, 3, "-np", "3", "--min-np", "1", "--max-restarts", "0", faults=["kill@0:5:1"]
+    )
+    assert job.code != 0 and job.result is None
+    assert "giving up after 0 restarts (--max-restarts)" in job.log
+    assert _no_worker_left(tmp_path)
+
+
+def test_soak_of_ten_random_kills_keeps_every_committed_step(tmp_path):
+    """10 SIGKILLs of random workers, each soon after a world starts; after each, the
+    discovery file offers three fresh hosts (the failed one gone), so the world also grows
+    back. The job ends with the weights of one process taking every step once."""
+    import random
+    import threading
+    import time
+
+    epochs, kills, rng = 40, 10, random.Random(7)
+    out = tmp_path / "out"
+    log: list[dict] = []
+
+    def starts() -> int:
+        history = out / "history.jsonl"
+        return len(history.read_text().splitlines()) if history.exists() else 0
+
+    def killer() -> None:
+        seen = 0
+        for kill in range(kills):
+            while starts() <= seen:
+                time.sleep(0.05)
+            seen = starts()
+            time.sleep(rng.uniform(0.5, 1.5))
+            latest = max(int(p.name.split(".")[0]) for p in (out / "pids").iterdir())
+            pids = [p.read_text() for p in (out / "pids").glob(f"{latest}.*")]
+            if not pids:
+                return
+            victim = int(rng.choice(pids))
+            hosts = "".join(f"127.0.1.{3 * kill + i}:1\n" for i in range(3))
+            (tmp_path / "hosts").write_text(hosts)
+            subprocess.run(["kill", "-9", str(victim)])
+            log.append({"kill": kill, "at": time.monotonic()})
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    job = Job(
+        tmp_path,
+        3,
+        "-np",
+        "3",
+        "--min-np",
+        "1",
+        "--max-np",
+        "3",
+        "--max-restarts",
+        "30",
+        env={"EPOCHS": str(epochs), "STEP_SLEEP": "0.05"},
+        timeout=600,
+    )
+    elapsed = time.monotonic() - started
+    thread.join(timeout=5)
+    assert job.code == 0, job.log[-6000:]
+    for got, want in zip(job.result["weights"], reference(1, epochs), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    assert len(log) == kills
+    failures = [r for r in job.restarts if "hosts were added" not in r]
+    assert len(failures) >= kills
+    steps = (out / "steps.log").read_text().splitlines()
+    figures = {
+        "kills": len(log),
+        "restarts": len(job.restarts),
+        "restarts_after_failures": len(failures),
+        "seconds": round(elapsed, 1),
+        "steps": epochs * BATCHES,
+        "steps_run_by_rank_0": len(steps),
+        "world_sizes": [h["size"] for h in job.history],
+    }
+    (tmp_path / "soak.json").write_text(json.dumps(figures))
+    print(json.dumps(figures))

@@ -82,9 +82,10 @@ class State:
     def commit(self) -> None:
         """Keeps the state as it is now, in memory, as what a relaunch resumes from; then
         checks for new hosts (``HostsUpdatedInterrupt``). Every rank commits at the same step."""
-        self._committed = self.save()
-        self.commit_id += 1
-        worker.remember(self.commit_id, {"commit_id": self.commit_id, "state": self._committed})
+        with worker.commit_lock:
+            self._committed = self.save()
+            self.commit_id += 1
+            worker.remember(self.commit_id, {"commit_id": self.commit_id, "state": self._committed})
         self.check_host_updates()
 
     def restore(self) -> None:

@@ -28,7 +28,9 @@ STOPPED_EXIT_CODE = 143
 #: A worker whose training function raised.
 FAILED_EXIT_CODE = 1
 
-_lock = threading.Lock()
+#: Held while a commit is taken and while the last one is written: a snapshot is never
+#: written half-updated.
+commit_lock = threading.RLock()
 _last_commit: tuple[int, Any] | None = None
 _started = False
 
@@ -50,17 +52,17 @@ def generation() -> int:
 def remember(commit_id: int, snapshot: Any) -> None:
     """Keeps ``snapshot`` as the commit to write if the world is stopped."""
     global _last_commit
-    with _lock:
+    with commit_lock:
         _last_commit = (commit_id, snapshot)
 
 
 def write_last_commit(rank: int) -> Path | None:
     """Writes the last commit to the state folder (if supervised and there is one)."""
-    with _lock:
+    with commit_lock:
         last = _last_commit
-    if last is None or not supervised():
-        return None
-    return storage.write_commit(state_folder(), last[0], rank, last[1])
+        if last is None or not supervised():
+            return None
+        return storage.write_commit(state_folder(), last[0], rank, last[1])
 
 
 def newest_commit() -> tuple[int, Any] | None:

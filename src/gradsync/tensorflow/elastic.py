@@ -26,6 +26,26 @@ from gradsync.elastic.state import (
 )
 
 
+class _Snapshots:
+    """Two sets of numpy arrays that snapshots of the same variables take turns to fill:
+    a commit is then one copy into memory already in use, and the previous snapshot stays
+    whole while the next is taken."""
+
+    def __init__(self) -> None:
+        self._slots: list[list[np.ndarray]] = [[], []]
+        self._turn = 0
+
+    def take(self, variables: list) -> list[np.ndarray]:
+        self._turn = 1 - self._turn
+        slot = self._slots[self._turn]
+        values = [tf.convert_to_tensor(v) for v in variables]  # reads, without a copy
+        if [a.shape for a in slot] != [tuple(v.shape) for v in values]:
+            slot[:] = [np.empty(v.shape, v.dtype.as_numpy_dtype) for v in values]
+        for array, value in zip(slot, values, strict=True):
+            np.copyto(array, value)
+        return list(slot)
+
+
 def _held_micro_steps(optimizer: Any) -> int:
     """How many micro-steps the optimizer's current aggregation window holds."""
     aggregator = getattr(optimizer, "_gradsync_aggregator", None)
@@ -50,9 +70,10 @@ class TensorFlowState(State):
             )
         super().__init__(**kwargs)
         self.variables = list(variables or [])
+        self._snapshots = _Snapshots()
 
     def save(self) -> Any:
-        return {**super().save(), "variables": [v.numpy().copy() for v in self.variables]}
+        return {**super().save(), "variables": self._snapshots.take(self.variables)}
 
     def load(self, snapshot: Any) -> None:
         super().load(snapshot)
@@ -69,6 +90,7 @@ class TensorFlowKerasState(State):
         super().__init__(**kwargs)
         self.model = model
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        self._snapshots = _Snapshots()
 
     def _optimizer_variables(self) -> list:
         optimizer = self.optimizer
@@ -81,11 +103,13 @@ class TensorFlowKerasState(State):
     def save(self) -> Any:
         snapshot = super().save()
         held = _held_micro_steps(self.optimizer)
-        optimizer_values = [np.array(v.numpy()) for v in self._optimizer_variables()]
+        weights = list(self.model.weights)
+        values = self._snapshots.take(weights + self._optimizer_variables())
+        optimizer_values = values[len(weights) :]
         if held:
             snapshot["attributes"] = self._window_start(snapshot["attributes"], held)
             optimizer_values = self._rewound_counter(optimizer_values, held)
-        snapshot["model"] = [np.array(w) for w in self.model.get_weights()]
+        snapshot["model"] = values[: len(weights)]
         snapshot["optimizer"] = optimizer_values
         return snapshot
 

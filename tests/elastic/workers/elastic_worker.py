@@ -29,7 +29,8 @@ from gradsync.elastic import worker
 out_dir, mode = Path(sys.argv[1]), sys.argv[2]
 passes, commit_every = int(sys.argv[3]), int(sys.argv[4])
 faults = sys.argv[5:]
-EPOCHS, BATCHES, GLOBAL, FEATURES = 3, 6, 12, 4
+EPOCHS, BATCHES, GLOBAL, FEATURES = int(os.environ.get("EPOCHS", 3)), 6, 12, 4
+STEP_SLEEP = float(os.environ.get("STEP_SLEEP", 0))  # a slower step, for the soak
 
 gs.init()
 rank, size, generation = gs.rank(), gs.size(), worker.generation()
@@ -92,6 +93,9 @@ state = gs_keras.elastic.KerasState(model, optimizer, epoch=0, batch=0)
 
 
 def record_start() -> None:
+    pids = out_dir / "pids"
+    pids.mkdir(exist_ok=True)
+    (pids / f"{generation}.{rank}").write_text(str(os.getpid()))
     if rank == 0:
         with open(out_dir / "history.jsonl", "a") as file:
             entry = {
@@ -120,6 +124,11 @@ def train_loop(state):
             step(*shard(state.epoch, state.batch))
             state.batch += 1
             inject(state.epoch * BATCHES + state.batch)
+            if STEP_SLEEP:
+                time.sleep(STEP_SLEEP)
+                if rank == 0:
+                    with open(out_dir / "steps.log", "a") as file:
+                        file.write(f"{generation} {state.epoch * BATCHES + state.batch}\n")
             if state.batch % commit_every == 0:
                 state.commit()
         state.batch = 0
