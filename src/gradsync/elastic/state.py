@@ -17,6 +17,7 @@ from typing import Any
 
 from gradsync import engine
 from gradsync.elastic import worker
+from gradsync.engine import WorkerLostError  # noqa: F401 - part of this API
 
 
 class HostsUpdatedInterrupt(RuntimeError):
@@ -26,11 +27,6 @@ class HostsUpdatedInterrupt(RuntimeError):
     def __init__(self, skip_sync: bool = False) -> None:
         super().__init__("the hosts of the job changed; the world is relaunched")
         self.skip_sync = skip_sync
-
-
-class WorkerLostError(RuntimeError):
-    """A worker of the job was lost; the world is stopped and relaunched from the last
-    commit (Horovod's ``HorovodInternalError`` plays this part there)."""
 
 
 class State:

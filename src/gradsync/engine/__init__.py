@@ -28,6 +28,7 @@ from gradsync.engine.errors import (
     CollectiveMismatchError,
     GradsyncError,
     NotInitializedError,
+    WorkerLostError,
 )
 from gradsync.engine.process_sets import (
     ProcessSet,
@@ -66,6 +67,7 @@ __all__ = [
     "ProcessSet",
     "ReduceOp",
     "StallError",
+    "WorkerLostError",
     "TensorSpec",
     "add_process_set",
     "allgather",

@@ -41,7 +41,7 @@ import numpy as np
 from mpi4py import MPI
 
 from gradsync.engine import timeline
-from gradsync.engine.errors import CollectiveMismatchError
+from gradsync.engine.errors import CollectiveMismatchError, WorkerLostError
 from gradsync.engine.stall import inspector_for
 
 
@@ -328,6 +328,13 @@ class Coordinator:
         try:
             completed, result = run(self.comm)
             error = None
+        except MPI.Exception as raised:
+            lost = WorkerLostError(
+                f"{request.key} failed in MPI ({raised.Get_error_string()}): a worker of the "
+                "job was most likely lost."
+            )
+            lost.__cause__ = raised
+            completed, result, error = True, None, lost
         except BaseException as raised:  # noqa: BLE001 - handed to the caller's thread
             completed, result, error = True, None, raised
         if not completed:

@@ -17,3 +17,9 @@ class NotInitializedError(GradsyncError):
 
 class CollectiveMismatchError(GradsyncError):
     """The ranks issued collectives that do not match (operation, name, dtype, shape, count)."""
+
+
+class WorkerLostError(GradsyncError):
+    """An MPI call of a collective failed: a worker of the job was most likely lost (it died,
+    or its host went away). Under ``gradsyncrun``'s elastic mode the world is then relaunched
+    from the last commit (Horovod's ``HorovodInternalError`` plays this part)."""
