@@ -9,14 +9,14 @@ per sample by N. Computation and communication are assumed not to overlap, as in
 
 from __future__ import annotations
 
+from gradsync.engine.link import Link
+
 LINKS = {"10 Gbit/s": (10e9 / 8, 25e-6), "100 Gbit/s": (100e9 / 8, 5e-6)}  # bytes/s, latency
 WORKERS = (8, 64, 512)
 
 
 def ring_seconds(nbytes: float, workers: int, bandwidth: float, latency: float) -> float:
-    if workers < 2:
-        return 0.0
-    return 2 * (workers - 1) / workers * nbytes / bandwidth + 2 * (workers - 1) * latency
+    return Link(bandwidth, latency).ring_allreduce_seconds(nbytes, workers)
 
 
 def efficiency(step_seconds: float, n: int, allreduce_seconds: float) -> float:

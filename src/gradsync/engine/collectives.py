@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from gradsync.engine import coordinator, fusion, timeline
+from gradsync.engine import coordinator, fusion, link, timeline
 from gradsync.engine.process_sets import Group, ProcessSet, group_of
 from gradsync.engine.reduce_ops import ReduceOp, check_reduce_op
 from gradsync.engine.world import current
@@ -77,6 +77,7 @@ def _reduce_in_place(
         if comm.Get_size() > 1:
             piece, mpi_op = _mpi_buffer(buffer[start : start + step], op)
             comm.Allreduce(MPI.IN_PLACE, piece, op=mpi_op)
+            link.wait_as_on_link(buffer[start : start + step].nbytes, comm.Get_size())
         if start < scaled:
             _scale(buffer[start : min(start + step, scaled)], scale)
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from gradsync.engine import timeline
+from gradsync.engine import link, timeline
 from gradsync.engine.errors import CollectiveMismatchError, WorkerLostError
 from gradsync.engine.stall import inspector_for
 
@@ -264,6 +264,7 @@ class Coordinator:
             dtype=np.int64,
         )
         self.comm.Allreduce(MPI.IN_PLACE, header, op=MPI.MAX)
+        link.wait_as_on_link(header.nbytes, self.comm.Get_size())
         if timeline.recording():
             timeline.record(proposal.key, "negotiation", began, time.perf_counter())
         same_name = header[0] == -header[1]

@@ -19,6 +19,7 @@ from mpi4py import MPI
 from gradsync import roll_call
 from gradsync.engine.coordinator import Coordinator, Request
 from gradsync.engine.errors import CollectiveMismatchError, NotInitializedError
+from gradsync.engine.link import simulated_link
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ def init(comm: MPI.Comm | None = None) -> None:
     with _lock:
         if _world is not None:
             return
+        simulated_link()  # a malformed GRADSYNC_SIMULATED_LINK fails here, on every rank
         _world = _make_world(comm if comm is not None else MPI.COMM_WORLD)
         roll_call.answer(_world.rank)
         atexit.register(shutdown)
