@@ -34,7 +34,9 @@ def pin_threads() -> None:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(
+        int(os.environ.get("BENCH_INTER_OP_THREADS", THREADS))
+    )
 
 
 def session_config():

@@ -121,15 +121,26 @@ class GradientAllreduce:
             reduce_op, prescale, postscale = settings.op, 1.0, 1.0
         else:
             reduce_op, prescale, postscale = ReduceOp.SUM, 1.0 / factor, factor / size
-        reduced = grouped_allreduce(
-            present,
-            compression=settings.compression,
-            op=reduce_op,
-            prescale_factor=prescale,
-            postscale_factor=postscale,
-            process_set=settings.process_set,
-            name="gradients",
-        )
+        buckets = gradient_buckets(present, settings.bucket_bytes)
+        reduced: list = [None] * len(present)
+        issued: list = []
+        for index, bucket in enumerate(buckets):
+            # Each bucket waits for the one before: every rank issues them in this order, and
+            # in a graph each goes as soon as its gradients exist, while the backward pass of
+            # the earlier layers runs on.
+            with tf.control_dependencies(issued):
+                values = grouped_allreduce(
+                    [present[i] for i in bucket],
+                    compression=settings.compression,
+                    op=reduce_op,
+                    prescale_factor=prescale,
+                    postscale_factor=postscale,
+                    process_set=settings.process_set,
+                    name="gradients" if len(buckets) == 1 else f"gradients.bucket{index}",
+                )
+            for i, value in zip(bucket, values, strict=True):
+                reduced[i] = value
+            issued = [v for v in values if not isinstance(v, tf.IndexedSlices)]
         local_scale = 1.0 / size if settings.scale_local_gradients else 1.0
         return self._results(gradients, variables, positions, reduced, local_positions, local_scale)
 
@@ -171,6 +182,30 @@ class GradientAllreduce:
         local_scale = scale if settings.scale_local_gradients else scale * self._group_size()
         results = self._results(window, variables, positions, reduced, local_positions, local_scale)
         return results, total, flushing_ranks
+
+
+def gradient_buckets(gradients: list, bucket_bytes: int | None) -> list[list[int]]:
+    """Positions of ``gradients`` in buckets of about ``bucket_bytes``, the last gradients
+    (the last layers', which the backward pass computes first) in the first bucket; one
+    bucket when ``bucket_bytes`` is None. A gradient larger than a bucket has its own."""
+    if bucket_bytes is None or len(gradients) < 2:
+        return [list(range(len(gradients)))]
+    buckets: list[list[int]] = []
+    filled = bucket_bytes
+    for position in reversed(range(len(gradients))):
+        nbytes = _static_bytes(gradients[position])
+        if filled + nbytes > bucket_bytes and (not buckets or buckets[-1]):
+            buckets.append([])
+            filled = 0
+        buckets[-1].append(position)
+        filled += nbytes
+    return [sorted(bucket) for bucket in buckets]
+
+
+def _static_bytes(gradient) -> int:
+    values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+    count = values.shape.num_elements() if values.shape.is_fully_defined() else 0
+    return count * values.dtype.size
 
 
 def make_gradient_allreducer(

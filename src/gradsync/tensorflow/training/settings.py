@@ -42,6 +42,10 @@ class SyncSettings:
       the number of ranks, as Horovod does.
     - ``raise_on_non_finite``: a reduced gradient with an inf or NaN raises, naming its
       variable, instead of being applied.
+    - ``bucket_bytes``: gradients reduced every call (N = 1) travel in buckets of about this
+      many bytes, the last layers' first, each issued as soon as its gradients exist, so that
+      in a graph their communication overlaps the rest of the backward pass (None: one
+      bucket). Aggregation windows travel in one fused allreduce.
     - ``num_groups`` and ``groups`` are Horovod's fusion grouping; gradsync fuses all
       gradients into one communication, so they are validated and otherwise ignored.
     """
@@ -57,6 +61,7 @@ class SyncSettings:
     process_set: ProcessSet = global_process_set
     scale_local_gradients: bool = True
     raise_on_non_finite: bool = False
+    bucket_bytes: int | None = 25 << 20
     num_groups: int = 0
     groups: Any = dataclasses.field(default=None, compare=False)
 
@@ -81,6 +86,14 @@ class SyncSettings:
             )
         if not isinstance(self.process_set, ProcessSet):
             raise ValueError(f"process_set must be a ProcessSet, got {self.process_set!r}.")
+        if self.bucket_bytes is not None and (
+            isinstance(self.bucket_bytes, bool)
+            or not isinstance(self.bucket_bytes, int)
+            or self.bucket_bytes < 1
+        ):
+            raise ValueError(
+                f"bucket_bytes must be an integer >= 1 or None, got {self.bucket_bytes!r}."
+            )
         if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int):
             raise ValueError(f"num_groups must be an integer >= 0, got {self.num_groups!r}.")
         if self.num_groups < 0:
@@ -118,6 +131,7 @@ class SyncSettings:
             "process_set": None if process_set is global_process_set else process_set.ranks,
             "scale_local_gradients": self.scale_local_gradients,
             "raise_on_non_finite": self.raise_on_non_finite,
+            "bucket_bytes": self.bucket_bytes,
         }
 
     @classmethod
