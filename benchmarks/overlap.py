@@ -6,8 +6,9 @@ link's time, asleep, and can overlap the backward pass of the earlier layers whe
 gradients travel in buckets. Each process has 1 intra-op thread and 2 inter-op threads (one
 computes while the other waits for the link). Cases, taking turns: the plain local step
 (compute), the gradients' allreduce alone (communication), and the distributed step with one
-bucket and with buckets of ``--bucket-mb``. Full overlap would take max(compute,
-communication); no overlap, their sum.
+bucket and with buckets of ``--bucket-mb``; then the allreduce and the steps again with the
+link off (what the link adds is checked against the ring model; buckets must not slow the
+step without it). Full overlap would take max(compute, communication); no overlap, their sum.
 """
 
 from __future__ import annotations
@@ -22,7 +23,23 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradsync.tensorflow as gs  # noqa: E402
+from gradsync.engine import link  # noqa: E402
 from training import data  # noqa: E402
+
+
+def without_link(case):
+    """``case`` run with the simulated link off (on every rank alike: the cases take turns)."""
+
+    def run():
+        setting = os.environ.pop(link.VARIABLE)
+        link.simulated_link.cache_clear()
+        try:
+            case()
+        finally:
+            os.environ[link.VARIABLE] = setting
+            link.simulated_link.cache_clear()
+
+    return run
 
 
 def measure(model_name: str, repeats: int, bucket_mb: list[float]) -> dict:
@@ -52,6 +69,8 @@ def measure(model_name: str, repeats: int, bucket_mb: list[float]) -> dict:
     for name, bucket_bytes in configs.items():
         optimizer = gs.DistributedOptimizer(keras.optimizers.SGD(1e-3), bucket_bytes=bucket_bytes)
         cases[name] = make_step(optimizer)
+    for name in ["communication", *configs]:
+        cases[f"{name}_no_link"] = without_link(cases[name])
     from mpi4py import MPI
 
     times = common.interleaved(cases, repeats, 4, sync=MPI.COMM_WORLD.Barrier, warmup=3)
@@ -67,6 +86,15 @@ def measure(model_name: str, repeats: int, bucket_mb: list[float]) -> dict:
         # full overlap / step: 1.0 is communication entirely hidden behind compute.
         "fraction_of_full_overlap": {n: full_overlap / medians[n] for n in configs},
         "no_overlap_fraction": full_overlap / (compute + communication),
+        # What the link added to the allreduce, over what the ring model says it adds.
+        "link_over_model": (communication - medians["communication_no_link"])
+        / link.simulated_link().ring_allreduce_seconds(
+            sum(v.shape.num_elements() * 4 for v in variables), gs.size()
+        ),
+        # Without the link, buckets against one bucket (> 1: buckets faster).
+        "buckets_without_link": {
+            n: medians["one_bucket_no_link"] / medians[f"{n}_no_link"] for n in configs
+        },
     }
 
 

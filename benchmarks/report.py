@@ -392,6 +392,53 @@ def elastic_section(record: dict) -> tuple[str, list]:
     return table(header, rows), targets
 
 
+def overlap_section(record: dict) -> tuple[str, list]:
+    targets, rows = [], []
+    for r in ok_results(record):
+        ms = {name: v["median"] * 1e3 for name, v in r["seconds"].items()}
+        for config, fraction in r["fraction_of_full_overlap"].items():
+            rows.append(
+                [
+                    r["link"],
+                    config,
+                    f"{ms['compute']:.1f}",
+                    f"{ms['communication']:.1f}",
+                    f"{ms[config]:.1f}",
+                    f"{fraction:.2f}",
+                    f"{r['no_overlap_fraction']:.2f}",
+                    f"{r['buckets_without_link'][config]:.2f}",
+                ]
+            )
+        best = max(r["fraction_of_full_overlap"].values())
+        targets.append(
+            [
+                f"overlap {r['link']}, step / full overlap (best config)",
+                ">= 0.85",
+                f"{best:.2f}",
+                ok(best >= 0.85),
+            ]
+        )
+        targets.append(
+            [
+                f"simulated link {r['link']}: added time / ring model",
+                "0.8 - 1.2",
+                f"{r['link_over_model']:.2f}",
+                ok(0.8 <= r["link_over_model"] <= 1.2),
+            ]
+        )
+    header = [
+        "link",
+        "config",
+        "compute ms",
+        "allreduce ms",
+        "step ms",
+        "of full overlap",
+        "if none overlapped",
+        "no link: one bucket / this",
+    ]
+    return table(header, rows), targets
+
+
 def sections(results: dict) -> tuple[list[tuple[str, str]], list]:
     out, targets = [], []
     builders = [
@@ -425,6 +472,11 @@ def sections(results: dict) -> tuple[list[tuple[str, str]], list]:
             "elastic",
             "8. Elastic commit (against one copy of the state in memory)",
             lambda: elastic_section(results["elastic"]),
+        ),
+        (
+            "overlap",
+            "9. Overlap of communication with the backward pass (simulated link)",
+            lambda: overlap_section(results["overlap"]),
         ),
     ]
     for key, title, build in builders:

@@ -40,6 +40,7 @@ PLANS = {
         "horovod": {"models": ["10M"], "ns": [1, 4, 8], "repeats": 5, "micro_steps": 8},
         "soak": {"micro_steps": 2000},
         "elastic": {"models": ["10M"], "repeats": 5},
+        "overlap": {"links": ["10gbit,25us"], "repeats": 3},
     },
     "full": {
         "allreduce": {"sizes": [1, 4, 16, 64], "repeats": 9},
@@ -55,9 +56,10 @@ PLANS = {
         "horovod": {"models": ["1M", "10M"], "ns": [1, 2, 4, 8], "repeats": 7, "micro_steps": 16},
         "soak": {"micro_steps": 10000},
         "elastic": {"models": ["1M", "10M"], "repeats": 9},
+        "overlap": {"links": ["10gbit,25us", "100gbit,5us"], "repeats": 5},
     },
 }
-ITEMS = ["allreduce", "accumulate", "training", "mwms", "memory", "soak", "elastic"]
+ITEMS = ["allreduce", "accumulate", "training", "mwms", "memory", "soak", "elastic", "overlap"]
 SOAK_WORKER = ROOT / "tests" / "tensorflow" / "workers" / "soak_worker.py"
 
 
@@ -149,6 +151,15 @@ def run_soak(plan: dict, timeout: float) -> list[dict]:
 def run_item(item: str, plan: dict, timeout: float) -> list[dict]:
     if item == "soak":
         return run_soak(plan, timeout)
+    if item == "overlap":
+        results = []
+        for setting in plan["links"]:
+            out = LOGS / "overlap.json"
+            args = ["--repeats", str(plan["repeats"]), "--out", str(out)]
+            [(command, _)] = mpi("overlap.py", args)
+            commands = [(command, {"GRADSYNC_SIMULATED_LINK": setting})]
+            results.append(run_one(f"overlap {setting}", commands, out, timeout))
+        return results
     if item == "elastic":
         args = ["--repeats", str(plan["repeats"]), "--out", str(LOGS / "elastic.json")]
         command = [PYTHON, "elastic.py", *args, "--models", *plan["models"]]

@@ -62,7 +62,7 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     count_steps: CountSteps = "calls",
     raise_on_non_finite: bool = False,
     item_weighted: bool = False,
-    bucket_bytes: int | None = 25 << 20,
+    bucket_bytes: int | None = None,
 ) -> Any:
     """Wraps ``optimizer`` so that every update uses gradients averaged (or summed) over ranks.
 

@@ -43,9 +43,11 @@ class SyncSettings:
     - ``raise_on_non_finite``: a reduced gradient with an inf or NaN raises, naming its
       variable, instead of being applied.
     - ``bucket_bytes``: gradients reduced every call (N = 1) travel in buckets of about this
-      many bytes, the last layers' first, each issued as soon as its gradients exist, so that
-      in a graph their communication overlaps the rest of the backward pass (None: one
-      bucket). Aggregation windows travel in one fused allreduce.
+      many bytes (25 MiB is DDP's choice), the last layers' first, each issued as soon as its
+      gradients exist, so that in a graph their communication can overlap the rest of the
+      backward pass. None (the default): one fused allreduce, which measured no slower on
+      the machines gradsync is tested on (BENCHMARKS.md, item 9). Aggregation windows always
+      travel in one fused allreduce.
     - ``num_groups`` and ``groups`` are Horovod's fusion grouping; gradsync fuses all
       gradients into one communication, so they are validated and otherwise ignored.
     """
@@ -61,7 +63,7 @@ class SyncSettings:
     process_set: ProcessSet = global_process_set
     scale_local_gradients: bool = True
     raise_on_non_finite: bool = False
-    bucket_bytes: int | None = 25 << 20
+    bucket_bytes: int | None = None
     num_groups: int = 0
     groups: Any = dataclasses.field(default=None, compare=False)
 

@@ -55,7 +55,7 @@ class DistributedGradientTape:
         aggregator: GradientAggregator | None = None,
         raise_on_non_finite: bool = False,
         item_weighted: bool = False,
-        bucket_bytes: int | None = 25 << 20,
+        bucket_bytes: int | None = None,
     ) -> None:
         self._tape = gradtape
         self.settings = SyncSettings.from_arguments(locals())

@@ -30,7 +30,7 @@ def DistributedOptimizer(  # noqa: N802 - Horovod's name for a factory
     count_steps: CountSteps = "calls",
     raise_on_non_finite: bool = False,
     item_weighted: bool = False,
-    bucket_bytes: int | None = 25 << 20,
+    bucket_bytes: int | None = None,
 ) -> Any:
     """A copy of the Keras ``optimizer`` (Keras 3 or tf_keras) whose every update uses
     gradients reduced over ranks; see ``gradsync.tensorflow.DistributedOptimizer``.
