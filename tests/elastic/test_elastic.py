@@ -165,6 +165,13 @@ def test_world_grows_at_the_next_commit_when_a_slot_appears(tmp_path):
     assert (job.history[1]["epoch"], job.history[1]["batch"]) == (0, 3)
 
 
+def test_world_shrinks_when_a_host_leaves_the_discovery_list(tmp_path):
+    job = Job(tmp_path, 3, "-np", "3", "--min-np", "1", faults=["shrink@5"])
+    job.assert_matches_reference(1)
+    assert [h["size"] for h in job.history] == [3, 2]
+    assert "host 127.0.0.3 left" in job.restarts[0] and "resuming from commit 2" in job.restarts[0]
+
+
 def test_fit_with_keras_state_and_callbacks_survives_a_sigkill(tmp_path):
     job = Job(tmp_path, 3, "-np", "3", "--min-np", "1", mode="fit", passes=3, faults=["kill@0:8:0"])
     job.assert_matches_reference(3)

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from gradsync.elastic import storage, worker
@@ -168,16 +167,22 @@ class Supervisor:
             time.sleep(DISCOVERY_PERIOD)
 
     def run(self) -> int:
+        why = None  # why the world is relaunched (None for the first launch)
         while True:
             hosts = self.wait_for_slots()
-            total = sum(hosts.values())
             wanted = self.options.np if self.generation == 0 else self.options.max_np
-            placement = _placement(hosts, min(wanted, total, self.options.max_np))
+            placement = _placement(hosts, min(wanted, sum(hosts.values()), self.options.max_np))
+            if why is not None:
+                newest = storage.newest_commit(self.folder)
+                resume = f"commit {newest[0]}" if newest else "the start (no commit yet)"
+                offered = ",".join(f"{h}:{s}" for h, s in hosts.items())
+                _log(
+                    f"restart {self.generation}: {why}; new world size {len(placement)} on "
+                    f"{offered}; resuming from {resume}"
+                )
             outcome = self._run_generation(placement)
             if outcome.code == 0 and outcome.reason is None:
                 return 0
-            newest = storage.newest_commit(self.folder)
-            resume = f"commit {newest[0]}" if newest else "the start (no commit yet)"
             if outcome.grow:
                 why = "hosts were added"
             else:
@@ -189,12 +194,6 @@ class Supervisor:
                         f"(--max-restarts): {why}."
                     )
             self.generation += 1
-            hosts = self.wait_for_slots()
-            size = min(sum(hosts.values()), self.options.max_np)
-            _log(
-                f"restart {self.generation}: {why}; new world size {size} on "
-                f"{','.join(f'{h}:{s}' for h, s in hosts.items())}; resuming from {resume}"
-            )
 
     def _run_generation(self, placement: list[str]) -> _Outcome:
         with tempfile.TemporaryDirectory(prefix="gradsyncrun-") as directory:
@@ -283,7 +282,3 @@ def supervise(options: ElasticOptions) -> int:
         except ElasticError as error:
             _log(f"error: {error}")
             return 1
-
-
-def elastic_requested(arguments: Sequence[str | None]) -> bool:
-    return any(a is not None for a in arguments)

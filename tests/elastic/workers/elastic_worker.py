@@ -6,7 +6,8 @@ whatever the world size), SGD with windows of N micro-steps averaged. The trajec
 the same on any number of ranks, so a correct relaunch ends with the weights of one process
 taking every step once. Faults: ``kind@generation:step:rank`` (kill, raise, hang, or
 ``write-kill``: that rank dies while it writes its commit when the world is next stopped).
-``grow@step`` makes rank 0 of the first world add a host to the discovery file at that step.
+``grow@step`` (``shrink@step``) makes rank 0 of the first world add a host to (take the last
+host off) the discovery file at that step.
 
 Usage: out_dir mode passes commit_every [fault ...]   (mode: loop | fit)
 """
@@ -53,9 +54,9 @@ def shard(epoch: int, batch: int):
 def inject(step: int) -> None:
     for fault in faults:
         kind, _, where = fault.partition("@")
-        if kind == "grow":
+        if kind in ("grow", "shrink"):
             if rank == 0 and generation == 0 and step == int(where):
-                grow()
+                grow() if kind == "grow" else shrink()
             continue
         fault_generation, fault_step, fault_rank = map(int, where.split(":"))
         if (fault_generation, fault_step, fault_rank) != (generation, step, rank):
@@ -78,6 +79,13 @@ def grow() -> None:
     deadline = time.monotonic() + 30
     while not worker.hosts_updated() and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def shrink() -> None:
+    """Takes the last host off the discovery file, and waits to be stopped."""
+    hosts = Path(os.environ["HOSTS_FILE"])
+    hosts.write_text("".join(hosts.read_text().splitlines(keepends=True)[:-1]))
+    time.sleep(60)
 
 
 model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
