@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import cost_model
@@ -439,6 +440,42 @@ def overlap_section(record: dict) -> tuple[str, list]:
     return table(header, rows), targets
 
 
+def models_section(record: dict) -> tuple[str, list]:
+    """Median images/s over the launches of each framework, and their ratio."""
+    runs: dict[tuple, dict[str, list]] = {}
+    for r in ok_results(record):
+        key = (r["model"], r["mode"], r["n"])
+        runs.setdefault(key, {}).setdefault(r["framework"], []).append(r)
+    targets, rows = [], []
+    for (model, mode, n), by_framework in runs.items():
+
+        def median(framework, what, by_framework=by_framework):
+            values = [
+                x["images_per_second"][what]["median"] for x in by_framework.get(framework, [])
+            ]
+            return statistics.median(values) if values else None
+
+        gradsync, horovod = median("gradsync", "distributed"), median("horovod", "distributed")
+        ideal_g, ideal_h = median("gradsync", "plain"), median("horovod", "plain")
+        ratio_ = gradsync / horovod if gradsync and horovod else None
+        rows.append(
+            [
+                model, mode, n,
+                f"{gradsync:.0f} ({gradsync / ideal_g:.2f})" if gradsync else "-",
+                f"{horovod:.0f} ({horovod / ideal_h:.2f})" if horovod else "not supported",
+                f"{ratio_:.2f}" if ratio_ else "-",
+            ]
+        )  # fmt: skip
+        if ratio_:
+            targets.append(
+                [f"{model} {mode} N={n}, gradsync / Horovod images/s", ">= 1.2",
+                 f"{ratio_:.2f}", ok(ratio_ >= 1.2)]
+            )  # fmt: skip
+    header = ["model", "mode", "N", "gradsync images/s (of its ideal)",
+              "Horovod images/s (of its ideal)", "gradsync / Horovod"]  # fmt: skip
+    return table(header, rows), targets
+
+
 def sections(results: dict) -> tuple[list[tuple[str, str]], list]:
     out, targets = [], []
     builders = [
@@ -477,6 +514,11 @@ def sections(results: dict) -> tuple[list[tuple[str, str]], list]:
             "overlap",
             "9. Overlap of communication with the backward pass (simulated link)",
             lambda: overlap_section(results["overlap"]),
+        ),
+        (
+            "models",
+            "10. Real models against Horovod (images/s, 2 ranks, Horovod's environment)",
+            lambda: models_section(results["models"]),
         ),
     ]
     for key, title, build in builders:

@@ -41,6 +41,7 @@ PLANS = {
         "soak": {"micro_steps": 2000},
         "elastic": {"models": ["10M"], "repeats": 5},
         "overlap": {"links": ["10gbit,25us"], "repeats": 3},
+        "models": {"models": ["mobilenet_v2"], "launches": 1, "repeats": 3},
     },
     "full": {
         "allreduce": {"sizes": [1, 4, 16, 64], "repeats": 9},
@@ -57,6 +58,7 @@ PLANS = {
         "soak": {"micro_steps": 10000},
         "elastic": {"models": ["1M", "10M"], "repeats": 9},
         "overlap": {"links": ["10gbit,25us", "100gbit,5us"], "repeats": 5},
+        "models": {"models": ["mobilenet_v2", "resnet50"], "launches": 2, "repeats": 3},
     },
 }
 ITEMS = ["allreduce", "accumulate", "training", "mwms", "memory", "soak", "elastic", "overlap"]
@@ -148,9 +150,35 @@ def run_soak(plan: dict, timeout: float) -> list[dict]:
     return [{"micro_steps": steps, "ranks": ranks, "wall_seconds": seconds}]
 
 
+def run_models(plan: dict, timeout: float) -> list[dict]:
+    """Real models, gradsync and Horovod in alternating launches (Horovod's environment)."""
+    results = []
+    out = LOGS / "models.json"
+    for model in plan["models"]:
+        for mode in ("tape", "graph"):
+            for passes in (1, 4):
+                for launch in range(plan["launches"]):
+                    for framework in ("gradsync", "horovod"):
+                        if framework == "horovod" and mode == "tape" and passes > 1:
+                            continue  # Horovod 0.28.1's tape has no backward_passes_per_step
+                        args = [
+                            "--framework", framework, "--model", model, "--mode", mode,
+                            "--passes", str(passes), "--repeats", str(plan["repeats"]),
+                            "--out", str(out),
+                        ]  # fmt: skip
+                        launcher = "horovodrun" if framework == "horovod" else "mpiexec"
+                        name = f"{framework} {model} {mode} N={passes} #{launch + 1}"
+                        results.append(
+                            run_one(name, mpi("models.py", args, launcher), out, timeout)
+                        )
+    return results
+
+
 def run_item(item: str, plan: dict, timeout: float) -> list[dict]:
     if item == "soak":
         return run_soak(plan, timeout)
+    if item == "models":
+        return run_models(plan, timeout)
     if item == "overlap":
         results = []
         for setting in plan["links"]:
@@ -215,12 +243,14 @@ def run_item(item: str, plan: dict, timeout: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the under-5-minute subset")
-    parser.add_argument("--horovod", action="store_true", help="only gradsync vs Horovod")
-    parser.add_argument("--only", nargs="+", choices=ITEMS + ["horovod"])
+    parser.add_argument(
+        "--horovod", action="store_true", help="only gradsync vs Horovod (in its environment)"
+    )
+    parser.add_argument("--only", nargs="+", choices=[*ITEMS, "horovod", "models"])
     parser.add_argument("--timeout", type=float, default=900, help="seconds per launch")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
-    items = args.only or (["horovod"] if args.horovod else ITEMS)
+    items = args.only or (["horovod", "models"] if args.horovod else ITEMS)
     RESULTS.mkdir(exist_ok=True)
     started = time.monotonic()
     print(f"gradsync benchmarks ({mode} mode, {os.cpu_count()} cores): {', '.join(items)}")
