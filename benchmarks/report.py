@@ -573,6 +573,29 @@ def plots(results: dict, folder: Path) -> list[str]:
         figure.savefig(folder / "allreduce.png", dpi=90)
         plt.close(figure)
         made.append("allreduce.png")
+    models = ok_results(results.get("models"))
+    if models:
+        figure, axes = plt.subplots(figsize=(7, 4))
+        keys = sorted({(m["model"], m["mode"], m["n"]) for m in models})
+        for offset, framework in ((-0.2, "gradsync"), (0.2, "horovod")):
+            heights = []
+            for key in keys:
+                rates = [
+                    m["images_per_second"]["distributed"]["median"]
+                    for m in models
+                    if (m["model"], m["mode"], m["n"]) == key and m["framework"] == framework
+                ]
+                heights.append(statistics.median(rates) if rates else 0.0)
+            axes.bar([i + offset for i in range(len(keys))], heights, 0.4, label=framework)
+        axes.set_xticks(range(len(keys)), [f"{m}\n{mode} N={n}" for m, mode, n in keys])
+        axes.tick_params(axis="x", labelsize=7)
+        axes.set(yscale="log", ylabel="images/s, 2 ranks (median of launches)")
+        axes.set_title("Real models: gradsync and Horovod 0.28.1 (no bar: not supported)")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(folder / "models.png", dpi=90)
+        plt.close(figure)
+        made.append("models.png")
     training = ok_results(results.get("training"))
     if training:
         figure, axes = plt.subplots(
