@@ -53,6 +53,18 @@ def layer_sizes(model: str) -> list[int]:
     return [INPUT_DIM, hidden, hidden, hidden, CLASSES]
 
 
+def mlp(model: str):
+    """The Keras MLP of ``model``'s size: ReLU hidden layers, ``CLASSES`` logits."""
+    import keras
+
+    sizes = layer_sizes(model)
+    return keras.Sequential(
+        [keras.Input((sizes[0],))]
+        + [keras.layers.Dense(s, activation="relu") for s in sizes[1:-1]]
+        + [keras.layers.Dense(sizes[-1])]
+    )
+
+
 def parameter_count(model: str) -> int:
     sizes = layer_sizes(model)
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))

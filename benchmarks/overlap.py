@@ -44,12 +44,7 @@ def without_link(case):
 
 def measure(model_name: str, repeats: int, bucket_mb: list[float]) -> dict:
     x, y = data(gs.rank())
-    sizes = common.layer_sizes(model_name)
-    model = keras.Sequential(
-        [keras.Input((sizes[0],))]
-        + [keras.layers.Dense(s, activation="relu") for s in sizes[1:-1]]
-        + [keras.layers.Dense(sizes[-1])]
-    )
+    model = common.mlp(model_name)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     variables = model.trainable_variables
 

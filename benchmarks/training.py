@@ -65,12 +65,7 @@ def function_steps(model_name: str, framework: Framework, configs: list):
     import keras
 
     x, y = data(framework.rank)
-    sizes = common.layer_sizes(model_name)
-    model = keras.Sequential(
-        [keras.Input((sizes[0],))]
-        + [keras.layers.Dense(s, activation="relu") for s in sizes[1:-1]]
-        + [keras.layers.Dense(sizes[-1])]
-    )
+    model = common.mlp(model_name)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     steps = {}
     for config in configs:

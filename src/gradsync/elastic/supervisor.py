@@ -72,7 +72,6 @@ class Hosts:
     def __init__(self, options: ElasticOptions) -> None:
         self.options = options
         self.failed: set[str] = set()
-        self._last_seen: dict[str, int] = {}
 
     def discover(self) -> dict[str, int]:
         if self.options.hosts is not None:
@@ -82,7 +81,6 @@ class Hosts:
         for host in list(self.failed):
             if host not in seen:  # gone from the list: it may come back as new
                 self.failed.discard(host)
-        self._last_seen = seen
         return {h: s for h, s in seen.items() if h not in self.failed}
 
     def _run_script(self) -> dict[str, int]:
@@ -244,11 +242,7 @@ class Supervisor:
 
     def _stop(self, process: subprocess.Popen, listener: Listener) -> None:
         """Asks every live worker to write its commit and exit; waits for the world to end."""
-        for pid in listener.live_workers().values():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        _send(signal.SIGTERM, listener.live_workers().values())
         try:
             process.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
@@ -259,16 +253,21 @@ class Supervisor:
         if process.poll() is None:
             self._stop(process, listener)
         if process.poll() is None:
-            for pid in listener.live_workers().values():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _send(signal.SIGKILL, listener.live_workers().values())
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             process.wait()
+
+
+def _send(signum: int, pids) -> None:
+    """Sends ``signum`` to each of ``pids`` that is still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def supervise(options: ElasticOptions) -> int:

@@ -111,27 +111,40 @@ def tape_case(case: int, optimizer_name: str, item_weighted: bool):
     }
 
 
+def item_weighted_keras_optimizer(passes: int):
+    return gs.DistributedOptimizer(
+        make_optimizer("adam"),
+        backward_passes_per_step=passes,
+        average_aggregated_gradients=True,
+        item_weighted=True,
+        count_steps="updates",
+    )
+
+
+def item_weighted_step(w, b, optimizer, traces=None):
+    """A tf.function micro-step on the summed loss, giving the optimizer its item count;
+    appends to ``traces`` each time it is traced."""
+
+    @tf.function(input_signature=SIGNATURE)
+    def step(x, y, mask):
+        if traces is not None:
+            traces.append(1)
+        with tf.GradientTape() as tape:
+            loss = summed_loss(w, b, x, y, mask)
+        grads = tape.gradient(loss, [w, b])
+        optimizer.apply_gradients(zip(grads, [w, b], strict=True), items=tf.reduce_sum(mask))
+
+    return step
+
+
 def keras_changing_passes_case(case: int):
     """Keras 3 DistributedOptimizer with Adam, item-weighted, in a tf.function: two windows
     at N = 2, then N set to 4 for two more; the step is traced once."""
     rounds = windows(case, [2, 2, 4, 4])
     w, b = tf.Variable(W0), tf.Variable(B0)
-    optimizer = gs.DistributedOptimizer(
-        make_optimizer("adam"),
-        backward_passes_per_step=2,
-        average_aggregated_gradients=True,
-        item_weighted=True,
-        count_steps="updates",
-    )
+    optimizer = item_weighted_keras_optimizer(2)
     traces = []
-
-    @tf.function(input_signature=SIGNATURE)
-    def step(x, y, mask):
-        traces.append(1)
-        with tf.GradientTape() as tape:
-            loss = summed_loss(w, b, x, y, mask)
-        grads = tape.gradient(loss, [w, b])
-        optimizer.apply_gradients(zip(grads, [w, b], strict=True), items=tf.reduce_sum(mask))
+    step = item_weighted_step(w, b, optimizer, traces)
 
     traces_before = None
     for i, contributions in enumerate(rounds):
@@ -160,21 +173,8 @@ def resume_case(case: int, directory: str):
 
     def build():
         w, b = tf.Variable(W0), tf.Variable(B0)
-        optimizer = gs.DistributedOptimizer(
-            make_optimizer("adam"),
-            backward_passes_per_step=3,
-            average_aggregated_gradients=True,
-            item_weighted=True,
-            count_steps="updates",
-        )
-
-        @tf.function(input_signature=SIGNATURE)
-        def step(x, y, mask):
-            with tf.GradientTape() as tape:
-                loss = summed_loss(w, b, x, y, mask)
-            grads = tape.gradient(loss, [w, b])
-            optimizer.apply_gradients(zip(grads, [w, b], strict=True), items=tf.reduce_sum(mask))
-
+        optimizer = item_weighted_keras_optimizer(3)
+        step = item_weighted_step(w, b, optimizer)
         checkpoint = tf.train.Checkpoint(w=w, b=b, optimizer=optimizer)
         return w, b, optimizer, step, checkpoint
 

@@ -1,32 +1,9 @@
 """Elastic training with Keras, under Horovod's names, for tf_keras (Keras 2): ``run``,
 ``KerasState``, ``CommitStateCallback``, ``UpdateBatchStateCallback``,
-``UpdateEpochStateCallback`` (see ``gradsync.tensorflow.elastic``)."""
+``UpdateEpochStateCallback`` and the rest of ``gradsync.tensorflow.elastic``."""
 
-# ruff: noqa: F401
-from gradsync.tensorflow.elastic import (
-    HostsUpdatedInterrupt,
-    ObjectState,
-    State,
-    TensorFlowKerasState,
-    WorkerLostError,
-    run,
-)
-from gradsync.tensorflow.training.keras.elastic_callbacks import elastic_callback_classes
+from gradsync.tensorflow.training.keras.elastic_callbacks import elastic_api
 from gradsync.tensorflow.training.keras.flavors import TF_KERAS
 
-KerasState = TensorFlowKerasState
-_classes = elastic_callback_classes(TF_KERAS)
-CommitStateCallback = _classes.CommitStateCallback
-UpdateBatchStateCallback = _classes.UpdateBatchStateCallback
-UpdateEpochStateCallback = _classes.UpdateEpochStateCallback
-__all__ = [
-    "CommitStateCallback",
-    "HostsUpdatedInterrupt",
-    "KerasState",
-    "ObjectState",
-    "State",
-    "UpdateBatchStateCallback",
-    "UpdateEpochStateCallback",
-    "WorkerLostError",
-    "run",
-]
+globals().update(vars(elastic_api(TF_KERAS)))
+__all__ = sorted(vars(elastic_api(TF_KERAS)))

@@ -75,14 +75,19 @@ class TrackEpoch:
 
 
 @functools.cache
-def elastic_callback_classes(flavor: KerasFlavor) -> types.SimpleNamespace:
-    """The elastic callback classes for one Keras."""
+def elastic_api(flavor: KerasFlavor) -> types.SimpleNamespace:
+    """Horovod's Keras ``elastic`` module for one Keras: the TensorFlow elastic API, with
+    ``KerasState`` and the callback classes of that Keras."""
+    from gradsync.tensorflow import elastic
+
     base = flavor.module.callbacks.Callback
 
     def make(name: str, behaviour: type) -> type:
         return type(name, (behaviour, base), {"__doc__": behaviour.__doc__})
 
     return types.SimpleNamespace(
+        **{name: getattr(elastic, name) for name in elastic.__all__},
+        KerasState=elastic.TensorFlowKerasState,
         CommitStateCallback=make("CommitStateCallback", CommitEveryBatches),
         UpdateBatchStateCallback=make("UpdateBatchStateCallback", TrackBatch),
         UpdateEpochStateCallback=make("UpdateEpochStateCallback", TrackEpoch),

@@ -42,12 +42,6 @@ class _DistributedTfKerasOptimizer(SynchronizingOptimizer):
         )
 
     def _apply_synchronized(self, gradients, variables):
-        if in_v1_graph():
-            raise RuntimeError(
-                "flush() of a tf_keras optimizer runs in TF2 (eager execution enabled); in a "
-                "v1 graph, aggregate with tf.compat.v1.train optimizers, whose "
-                "DistributedOptimizer has flush(session)."
-            )
         return super().apply_gradients(list(zip(gradients, variables, strict=True)))
 
 
