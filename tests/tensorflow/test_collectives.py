@@ -55,6 +55,13 @@ def test_collectives_match_numpy(tmp_path, mode, ranks):
         np.testing.assert_array_equal(
             values["gradient"], np.full((2, 3), sum(r + 1.0 for r in range(ranks)))
         )
+        # The same through a grouped allreduce whose small tensors travel packed: for
+        # sum(y1 * y1 * w_rank), y1 = sum over ranks of x1, d/dx1 = 2 y1 sum(w_rank).
+        weights = sum(r + 1.0 for r in range(ranks))
+        first, second, unused = (values[f"grouped_gradient_{i}"] for i in range(3))
+        np.testing.assert_array_equal(first, np.full((2, 3), weights))
+        np.testing.assert_allclose(second, 2 * sum(range(ranks)) * weights * np.ones(4))
+        np.testing.assert_array_equal(unused, np.zeros((2, 2)))
         assert values["object"] == {"from": ranks - 1, "items": [ranks - 1] * 3}
         if mode == "graph":
             np.testing.assert_array_equal(values["concurrent_sum_float32"], float_total)

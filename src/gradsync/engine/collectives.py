@@ -92,17 +92,25 @@ TensorSpec = tuple[np.dtype, tuple[int, ...]]
 
 def _tensor_signature(
     arrays: Sequence[np.ndarray], tensor_specs: Sequence[TensorSpec] | None = None
-) -> list[tuple[str, tuple[int, ...]]]:
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """What the ranks compare about the tensors: each one's dtype and shape."""
     if tensor_specs is None:
         tensor_specs = [(a.dtype, a.shape) for a in arrays]
-    return [(_dtype_name(dtype), tuple(shape)) for dtype, shape in tensor_specs]
+    return _spec_names(tuple(tensor_specs))
 
 
-def _layout(arrays: Sequence[np.ndarray]) -> list[tuple[str, int]]:
+@functools.lru_cache(maxsize=256)
+def _spec_names(
+    tensor_specs: tuple[TensorSpec, ...],
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The dtype names and shapes of ``tensor_specs``, worked out once per list of tensors."""
+    return tuple((_dtype_name(dtype), tuple(shape)) for dtype, shape in tensor_specs)
+
+
+def _layout(arrays: Sequence[np.ndarray]) -> tuple[tuple[str, int], ...]:
     """How the tensors travel: the dtype and size of each array the caller packed them in.
     Ranks that packed the same tensors differently cannot share fused buffers."""
-    return [(_dtype_name(a.dtype), a.size) for a in arrays]
+    return tuple((_dtype_name(a.dtype), a.size) for a in arrays)
 
 
 def check_root_rank(root_rank: object, world_size: int) -> int:
@@ -184,9 +192,9 @@ def _allreduce_request(
         "prescale_factor": prescale_factor,
         "postscale_factor": postscale_factor,
     }
-    stand_in = None
-    if flaggable:
-        stand_in = {
+
+    def stand_in() -> dict[str, Any]:
+        return {
             "arrays": [(a.dtype.str, a.shape) for a in arrays],
             "tensor_specs": [(np.dtype(d).str, tuple(s)) for d, s in tensor_specs]
             if tensor_specs is not None
@@ -196,6 +204,7 @@ def _allreduce_request(
             "postscale_factor": postscale_factor,
             "may_wait": may_wait,
         }
+
     request = coordinator.Request(
         "allreduce",
         name,
@@ -203,7 +212,7 @@ def _allreduce_request(
         execute=lambda comm: reduce(comm, flagged=False)[1],
         may_wait=may_wait,
         execute_flagged=(lambda comm: reduce(comm, flagged=True)) if arrays and flaggable else None,
-        stand_in_spec=stand_in,
+        stand_in_spec=stand_in if flaggable else None,
     )
     return request
 
@@ -431,7 +440,7 @@ def allgather(
             results.append(gathered)
         return results
 
-    signature = {"tensors": [(str(a.dtype), ("*", *a.shape[1:])) for a in arrays]}
+    signature = {"tensors": tuple((str(a.dtype), ("*", *a.shape[1:])) for a in arrays)}
     return group.coordinator.run(
         coordinator.Request("allgather", name, signature, execute, may_wait)
     )
@@ -473,7 +482,7 @@ def alltoall(
         )
         return received, received_splits.astype(np.int32)
 
-    signature = {"tensors": [(str(array.dtype), ("*", *row_shape))]}
+    signature = {"tensors": ((str(array.dtype), ("*", *row_shape)),)}
     return group.coordinator.run(
         coordinator.Request("alltoall", name, signature, execute, may_wait)
     )

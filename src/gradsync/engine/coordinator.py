@@ -61,9 +61,9 @@ class Request:
     #: Set by ``execute_flagged``'s first message: sends zeros of that message's size with the
     #: flag raised, for a rank whose own call differs from this one.
     decoy: Callable[[MPI.Comm], None] | None = None
-    #: What a rank that has joined needs to take part with zeros (see ``register_stand_in``);
-    #: None for collectives that joined ranks cannot take part in.
-    stand_in_spec: dict[str, Any] | None = None
+    #: Says what a rank that has joined needs to take part with zeros (see
+    #: ``register_stand_in``), when asked; None for collectives joined ranks cannot take part in.
+    stand_in_spec: Callable[[], dict[str, Any]] | None = None
     issued_at: float = dataclasses.field(default_factory=time.perf_counter)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: Any = None
@@ -92,7 +92,17 @@ def _digest(text: str) -> int:
 
 
 def _signature_text(request: Request) -> str:
-    return repr(sorted(request.signature.items()))
+    fields = tuple(sorted(request.signature.items()))
+    try:
+        return _text_of(fields)
+    except TypeError:  # a signature with a list or dict in it: not cached
+        return repr(fields)
+
+
+@functools.lru_cache(maxsize=256)
+def _text_of(fields: tuple) -> str:
+    """A signature's text, computed once: a step issues the same collectives again and again."""
+    return repr(fields)
 
 
 def _stall_timeout() -> float:
@@ -109,8 +119,10 @@ class _History:
     """Which collective followed which: the same on every rank, updated only by outcomes that
     every rank observed alike."""
 
-    #: After this many wrong predictions following one collective, stop predicting after it
-    #: (v1 graphs whose concurrent collectives run in a different order each step).
+    #: Predictions after a collective stop once they have missed this many times more than
+    #: they were right (v1 graphs whose concurrent collectives run in a different order each
+    #: step); a program whose collectives mostly repeat, with an occasional other one (an
+    #: evaluation at the end of each epoch), keeps its predictions.
     MAX_MISSES = 8
 
     def __init__(self) -> None:
@@ -121,7 +133,9 @@ class _History:
     def prediction(self) -> _Prediction | None:
         return self.successors.get(self.last)
 
-    def executed(self, request: Request) -> None:
+    def executed(self, request: Request, predicted: bool = False) -> None:
+        if predicted and self.misses.get(self.last, 0) > 0:
+            self.misses[self.last] -= 1
         if request.decoy is not None and self.misses.get(self.last, 0) < self.MAX_MISSES:
             self.successors[self.last] = _Prediction(request.token, request.decoy)
         else:
@@ -238,7 +252,7 @@ class Coordinator:
             matching = [r for r in self._pending if r.token == prediction.token]
         if matching and matching[0].execute_flagged is not None:
             request = matching[0]
-            if self._complete(request, request.execute_flagged):
+            if self._complete(request, request.execute_flagged, predicted=True):
                 return True
         else:
             prediction.decoy(self.comm)
@@ -320,7 +334,11 @@ class Coordinator:
         self._complete(request, lambda comm: (True, request.execute(comm)), remove)
 
     def _complete(
-        self, request: Request, run: Callable[[MPI.Comm], tuple[bool, Any]], remove: bool = True
+        self,
+        request: Request,
+        run: Callable[[MPI.Comm], tuple[bool, Any]],
+        remove: bool = True,
+        predicted: bool = False,
     ) -> bool:
         """Runs ``request``; unless ``run`` reports that another rank raised the flag, records
         it as executed (on every rank alike, even where it failed) and hands over its outcome.
@@ -346,7 +364,7 @@ class Coordinator:
         if remove:
             self._take(request)
         self._count(request)
-        self._history.executed(request)
+        self._history.executed(request, predicted)
         request.finish(result, error)
         return True
 
@@ -390,7 +408,7 @@ def _describe(request: Request) -> dict[str, Any]:
         "kind": request.kind,
         "name": request.name,
         "signature": request.signature,
-        "stand_in": request.stand_in_spec,
+        "stand_in": request.stand_in_spec() if request.stand_in_spec is not None else None,
     }
 
 

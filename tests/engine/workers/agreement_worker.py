@@ -40,6 +40,16 @@ warm = engine.executed_counts().get("negotiation", 0)
 exact += [allreduce_exact(step) for step in range(WARM_UP, 3 * WARM_UP)]
 steady = engine.executed_counts().get("negotiation", 0)
 
+# Epochs of training steps, each ending with another collective (a metric): the prediction
+# after the steps misses once per epoch and must keep working after many epochs.
+epoch_negotiations = []
+if fault == "none":
+    for _epoch in range(14):
+        before = engine.executed_counts().get("negotiation", 0)
+        exact += [allreduce_exact(step) for step in range(5)]
+        engine.allreduce([np.ones(2, np.float64)], engine.ReduceOp.SUM, name="metric")
+        epoch_negotiations.append(engine.executed_counts().get("negotiation", 0) - before)
+
 error = None
 if fault != "none":
     faulty = rank == size - 1
@@ -65,5 +75,11 @@ if fault != "none":
 report(
     out_dir,
     rank,
-    {"exact": exact, "warm": warm, "steady": steady, "error": error},
+    {
+        "exact": exact,
+        "warm": warm,
+        "steady": steady,
+        "epoch_negotiations": epoch_negotiations,
+        "error": error,
+    },
 )

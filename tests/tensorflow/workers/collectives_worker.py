@@ -90,6 +90,26 @@ def gradient_of_allreduce():
     return tape.gradient(loss, x)
 
 
+def gradient_of_grouped_allreduce():
+    """Small tensors travel packed; the gradient flows back through the packing, also to a
+    result that the loss does not use (zeros)."""
+    xs = [tf.constant(per_rank("float32")), tf.constant(np.ones(4, "float32") * rank)]
+    xs.append(tf.constant(np.ones((2, 2), "float32")))
+    weight = float(rank + 1)
+
+    def loss_of(ys):
+        return tf.reduce_sum(ys[0] * weight) + tf.reduce_sum(ys[1] * ys[1] * weight)
+
+    if mode == "graph":
+        ys = gs.grouped_allreduce(xs, op=gs.Sum)
+        return tf.gradients(loss_of(ys), xs)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        ys = gs.grouped_allreduce(xs, op=gs.Sum)
+        loss = loss_of(ys)
+    return tape.gradient(loss, xs)
+
+
 values = {}
 if mode == "graph":
     with tf.compat.v1.Session() as session:
@@ -115,6 +135,8 @@ else:
         tf.function(lambda: [gs.broadcast_variables([variable], root_rank=0)] and None)()
     values["variable"] = variable.numpy()
 values["gradient"] = evaluate(gradient_of_allreduce)
+for index, gradient in enumerate(evaluate(gradient_of_grouped_allreduce)):
+    values[f"grouped_gradient_{index}"] = gradient
 values["object"] = gs.broadcast_object({"from": rank, "items": [rank] * 3}, root_rank=size - 1)
 
 errors = {}

@@ -91,13 +91,16 @@ def call_engine(
     output_dtypes: Sequence[tf.DType] | None = None,
     output_shapes: Sequence[tf.TensorShape] | None = None,
     elementwise: bool = False,
+    gradient: Callable[[list[tf.Tensor]], list[tf.Tensor]] | None = None,
 ) -> list[tf.Tensor]:
     """Runs ``engine_call`` on ``inputs``; returns tensors.
 
     The outputs have the inputs' dtypes and shapes unless ``output_dtypes`` and
     ``output_shapes`` say otherwise. ``elementwise`` says the engine call treats its arrays
-    element by element (allreduce, broadcast), so that in a graph small tensors may travel
-    packed (see ``packing``).
+    element by element (allreduce, broadcast), so that small tensors may travel packed (see
+    ``packing``). Such a call may be made differentiable by ``gradient``, which maps the
+    gradients of its outputs to those of its inputs, element by element too: it is then
+    applied to the packed tensors, so that a model's many small gradients cost one op.
     """
     if output_dtypes is None:
         output_dtypes = [t.dtype for t in inputs]
@@ -105,20 +108,47 @@ def call_engine(
         output_shapes = [t.shape for t in inputs]
     # Packed alike in every mode, so that an eager call and a graph's meet with one layout.
     packing = Packing.of(inputs) if elementwise else None
-    carried = list(inputs) if packing is None else packing.carried
+    if packing is not None:
+        carried = packing.carried
+        output_dtypes = [t.dtype for t in carried]
+        output_shapes = [t.shape for t in carried]
+    else:
+        carried = list(inputs)
+
+    def communicate(tensors: list[tf.Tensor]) -> list[tf.Tensor]:
+        return _communicate(engine_call, tensors, kind, name, packing, output_dtypes, output_shapes)
+
+    if gradient is not None:
+
+        @tf.custom_gradient
+        def differentiable(*tensors):
+            return communicate(list(tensors)), lambda *upstream: gradient(list(upstream))
+
+        outputs = list(differentiable(*carried))
+    else:
+        outputs = communicate(carried)
+    return packing.unpack(outputs) if packing is not None else outputs
+
+
+def _communicate(
+    engine_call: EngineCall,
+    carried: list[tf.Tensor],
+    kind: str,
+    name: str | None,
+    packing: Packing | None,
+    output_dtypes: Sequence[tf.DType],
+    output_shapes: Sequence[tf.TensorShape],
+) -> list[tf.Tensor]:
+    """``engine_call`` on the tensors that cross to the engine, in the current mode."""
     if tf.executing_eagerly():
         arrays = [t.numpy() for t in carried]
         specs = packing.tensor_specs(arrays) if packing is not None else None
         outputs = _translating_errors(engine_call)(arrays, name or kind, False, specs)
-        outputs = [tf.convert_to_tensor(o) for o in outputs]
-        return packing.unpack(outputs) if packing is not None else outputs
+        return [tf.convert_to_tensor(o) for o in outputs]
 
     _refuse_xla(kind)
     may_wait = in_v1_graph()
     key = _v1_graph_key(kind) if may_wait else (name or kind)
-    if packing is not None:
-        output_dtypes = [t.dtype for t in carried]
-        output_shapes = [t.shape for t in carried]
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         _release_adopted_arrays()
@@ -135,7 +165,7 @@ def call_engine(
             outputs = [outputs]
     for output, shape in zip(outputs, output_shapes, strict=True):
         output.set_shape(shape)
-    return packing.unpack(outputs) if packing is not None else list(outputs)
+    return list(outputs)
 
 
 def _run_without_holding_a_thread(

@@ -77,25 +77,22 @@ def _fused_allreduce(
     """One engine call for all of ``tensors``; differentiable (the gradient is an allreduce
     with the same op and factors, as in Horovod)."""
 
-    @tf.custom_gradient
-    def reduce(*inputs):
-        def engine_call(arrays, key, may_wait, specs):
-            return engine.allreduce(
-                arrays, op, prescale_factor, postscale_factor, key, may_wait, specs, process_set
-            )
-
-        outputs = call_engine(
-            engine_call, inputs, _kind("allreduce", process_set), name, elementwise=True
+    def engine_call(arrays, key, may_wait, specs):
+        return engine.allreduce(
+            arrays, op, prescale_factor, postscale_factor, key, may_wait, specs, process_set
         )
 
-        def gradient(*upstream):
-            return _fused_allreduce(
-                upstream, op, prescale_factor, postscale_factor, None, process_set
-            )
+    def gradient(upstream: list[tf.Tensor]) -> list[tf.Tensor]:
+        return _fused_allreduce(upstream, op, prescale_factor, postscale_factor, None, process_set)
 
-        return outputs, gradient
-
-    return list(reduce(*tensors))
+    return call_engine(
+        engine_call,
+        tensors,
+        _kind("allreduce", process_set),
+        name,
+        elementwise=True,
+        gradient=gradient,
+    )
 
 
 def _sparse_allreduce(

@@ -27,6 +27,11 @@ def _is_small(tensor: tf.Tensor) -> bool:
     return shape.is_fully_defined() and shape.num_elements() * tensor.dtype.size < SMALL_BYTES
 
 
+def _flat(tensor: tf.Tensor) -> tf.Tensor:
+    """``tensor`` as one dimension (each reshape is one more op to run per step)."""
+    return tensor if tensor.shape.rank == 1 else tf.reshape(tensor, [-1])
+
+
 @dataclasses.dataclass
 class Packing:
     """How a list of tensors travels: ``carried`` crosses to the engine; its first
@@ -61,7 +66,7 @@ class Packing:
             return None
         singles.sort()
         carried = [tensors[p] for p in singles] + [
-            tf.concat([tf.reshape(tensors[p], [-1]) for p in group], axis=0) for group in groups
+            tf.concat([_flat(tensors[p]) for p in group], axis=0) for group in groups
         ]
         packed_specs: list[TensorSpec | None] = [None] * len(tensors)
         for group in groups:
@@ -87,5 +92,5 @@ class Packing:
             shapes = [self.tensors[p].shape for p in group]
             pieces = tf.split(packed, [s.num_elements() for s in shapes], axis=0)
             for position, piece, shape in zip(group, pieces, shapes, strict=True):
-                results[position] = tf.reshape(piece, shape)
+                results[position] = piece if shape.rank == 1 else tf.reshape(piece, shape)
         return results  # type: ignore[return-value]
