@@ -11,6 +11,8 @@ same buffer reduced in 4 MiB pieces (as the engine sends it) is timed as well.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import common  # noqa: I001 - pins threads before TensorFlow loads
 import numpy as np
 import tensorflow as tf
@@ -18,18 +20,54 @@ from mpi4py import MPI
 
 import gradsync.tensorflow as gs
 from gradsync import engine
+from gradsync.tensorflow.ops import bridge
+from gradsync.tensorflow.ops.packing import Packing
 
 PIECE = (4 << 20) // 4  # float32 elements in the 4 MiB pieces the engine sends
+#: Sizes (MB) at which the fixed cost is broken down into its parts.
+BREAKDOWN_MB = 4
 
 
-def graph_allreduce(arrays: list[np.ndarray], communicate: bool = True):
+def handoff(comm: MPI.Comm | None):
+    """What any collective run through ``tf.numpy_function`` pays without gradsync's engine:
+    the small tensors packed as gradsync packs them, handed to Python and back, and cut
+    apart; with ``comm``, the Python side also copies the packed array and sums it with
+    mpi4py (the hand-off plus a raw reduce, and the ranks' waiting for each other)."""
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        if comm is None:
+            return list(arrays)
+        results = [a.copy() for a in arrays]
+        for result in results:
+            comm.Allreduce(MPI.IN_PLACE, result, op=MPI.SUM)
+        return results
+
+    def reduce(values: list[tf.Tensor]) -> list[tf.Tensor]:
+        packing = Packing.of(values)
+        carried = packing.carried if packing is not None else values
+        dtypes = [t.dtype for t in carried]
+        if bridge.in_v1_graph():
+            shapes = [t.shape for t in carried]
+            outputs = bridge._run_without_holding_a_thread(run, carried, dtypes, shapes, "bench")
+        else:
+            outputs = tf.numpy_function(run, carried, dtypes, stateful=True)
+        return packing.unpack(outputs) if packing is not None else outputs
+
+    return reduce
+
+
+def graph_allreduce(arrays: list[np.ndarray], communicate: bool | Callable = True):
     """A v1 graph and Session whose run reduces ``arrays`` (held in variables), or only reads
-    them when not ``communicate``."""
+    them when not ``communicate``, or passes them through ``communicate`` when it is a
+    function."""
     graph = tf.Graph()
     with graph.as_default():
         variables = [tf.compat.v1.Variable(a, use_resource=True) for a in arrays]
         values = [v.read_value() for v in variables]
-        reduced = gs.grouped_allreduce(values, op=gs.Sum) if communicate else values
+        if callable(communicate):
+            reduced = communicate(values)
+        else:
+            reduced = gs.grouped_allreduce(values, op=gs.Sum) if communicate else values
         target = tf.group(*reduced)
         session = tf.compat.v1.Session(graph=graph, config=common.session_config())
         session.run(tf.compat.v1.global_variables_initializer())
@@ -86,6 +124,13 @@ def measure(total_mb: int, repeats: int, comm: MPI.Comm) -> dict:
         "optimizer_local_step": local_step,
         "optimizer_sync_step": synced_step,
     }
+    if total_mb <= BREAKDOWN_MB:
+        for name, comm_or_none in (("handoff", None), ("handoff_raw_reduce", comm)):
+            function = handoff(comm_or_none)
+            cases[f"tf_function_{name}"] = tf.function(
+                lambda function=function: function([v.read_value() for v in variables])
+            )
+            cases[f"v1_graph_{name}"] = graph_allreduce(arrays, function)
     iterations = max(3, min(50, 400 // total_mb))
     before = engine.executed_counts().get("allreduce", 0)
     synced_step()
@@ -107,7 +152,37 @@ def measure(total_mb: int, repeats: int, comm: MPI.Comm) -> dict:
     }
     result["seconds"]["optimizer_sync_overhead"] = common.summary(sync_overhead)
     result["ratio_to_raw"]["optimizer_sync_overhead"] = common.ratios(sync_overhead, raw)
+    if total_mb <= BREAKDOWN_MB:
+        result["fixed_cost_ms"] = {path: fixed_cost(times, path) for path in PATHS}
     return result
+
+
+PATHS = ("tf_function", "v1_graph")
+
+
+def fixed_cost(times: dict[str, list[float]], path: str) -> dict[str, dict[str, float]]:
+    """The parts of a sync on ``path`` in milliseconds, each a difference of two cases timed
+    back to back in every repeat: the collective's own work (the sync minus the same call
+    with no collective minus the raw reduce), and what it is made of: the hand-off to Python
+    and back, the raw reduce as it runs inside that hand-off, and gradsync's engine and bridge.
+    """
+
+    def minus(a: str, b: str | list[float]) -> list[float]:
+        subtracted = times[b] if isinstance(b, str) else b
+        return [(x - y) * 1e3 for x, y in zip(times[a], subtracted, strict=True)]
+
+    floor, sync = f"{path}_no_communication", path
+    floor_and_raw = [f + r for f, r in zip(times[floor], times["raw_mpi4py"], strict=True)]
+    return {
+        name: common.summary(values)
+        for name, values in {
+            "floor": [t * 1e3 for t in times[floor]],
+            "own_work": minus(sync, floor_and_raw),
+            "handoff": minus(f"{path}_handoff", floor),
+            "reduce_in_handoff": minus(f"{path}_handoff_raw_reduce", f"{path}_handoff"),
+            "engine_and_bridge": minus(sync, f"{path}_handoff_raw_reduce"),
+        }.items()
+    }
 
 
 def main() -> None:

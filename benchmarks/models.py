@@ -6,8 +6,9 @@ no Keras 3 support: ``tf.keras`` is then tf_keras. A ``tf.keras.applications`` m
 random 64x64 images, 2 ranks, one launch per framework, model, mode and N; in each launch
 every rank times, taking turns, the plain local step (the no-communication ideal) and the
 distributed step, over whole windows of N micro-batches. Modes: ``tape``
-(``DistributedGradientTape`` in ``tf.function``) and ``graph`` (a v1 graph with
-``tf.compat.v1.train`` SGD wrapped in ``DistributedOptimizer``).
+(``DistributedGradientTape`` in ``tf.function``), ``fit`` (Keras ``fit`` with the Keras
+``DistributedOptimizer``; each timed call is one ``fit`` of several windows) and ``graph`` (a
+v1 graph with ``tf.compat.v1.train`` SGD wrapped in ``DistributedOptimizer``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,35 @@ def tape_steps(hvd, model_name: str, n: int) -> dict:
     return {"plain": plain, "distributed": distributed}
 
 
+#: Windows of N steps in each timed ``fit`` call, so that the call's own setup is a small part.
+FIT_WINDOWS = 4
+
+
+def fit_steps(hvd, model_name: str, n: int) -> dict:
+    if hvd.__name__.startswith("horovod"):
+        import horovod.tensorflow.keras as hvd_keras
+    else:
+        import gradsync.tensorflow.keras as hvd_keras
+    x, y = batch(model_name, hvd.rank())
+    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    steps = FIT_WINDOWS * n
+
+    def fit_with(optimizer):
+        model = build_model(model_name)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+        return lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    optimizer = hvd_keras.DistributedOptimizer(
+        tf.keras.optimizers.SGD(LEARNING_RATE),
+        backward_passes_per_step=n,
+        average_aggregated_gradients=True,
+    )
+    return {
+        "plain": fit_with(tf.keras.optimizers.SGD(LEARNING_RATE)),
+        "distributed": fit_with(optimizer),
+    }
+
+
 def graph_steps(hvd, model_name: str, n: int) -> dict:
     tf.compat.v1.disable_eager_execution()
     x, y = batch(model_name, hvd.rank())
@@ -100,20 +130,24 @@ def main() -> None:
     parser = common.worker_arguments(__doc__)
     parser.add_argument("--framework", choices=["gradsync", "horovod"], required=True)
     parser.add_argument("--model", choices=sorted(MODELS), default="mobilenet_v2")
-    parser.add_argument("--mode", choices=["tape", "graph"], default="tape")
+    parser.add_argument("--mode", choices=["tape", "fit", "graph"], default="tape")
     parser.add_argument("--passes", type=int, default=1, help="backward passes per step")
     parser.add_argument("--windows", type=int, default=2, help="windows of N per repeat")
     args = parser.parse_args()
     common.pin_threads()
     hvd = framework_module(args.framework)
-    build = tape_steps if args.mode == "tape" else graph_steps
+    build = {"tape": tape_steps, "fit": fit_steps, "graph": graph_steps}[args.mode]
     steps = build(hvd, args.model, args.passes)
     from mpi4py import MPI
 
-    count = args.windows * args.passes
+    # A timed call is one step, or for fit one fit of FIT_WINDOWS windows.
+    count, warmup = args.windows * args.passes, 2 * args.passes
+    steps_per_call = 1
+    if args.mode == "fit":
+        count, warmup, steps_per_call = 1, 1, FIT_WINDOWS * args.passes
     sync = MPI.COMM_WORLD.Barrier if args.framework == "gradsync" else None
-    times = common.interleaved(steps, args.repeats, count, sync=sync, warmup=2 * args.passes)
-    images = MODELS[args.model][1] * hvd.size()
+    times = common.interleaved(steps, args.repeats, count, sync=sync, warmup=warmup)
+    images = MODELS[args.model][1] * hvd.size() * steps_per_call
     rates = {name: [images / t for t in values] for name, values in times.items()}
     if hvd.rank() == 0:
         common.write_result(

@@ -101,6 +101,52 @@ def allreduce_section(record: dict) -> tuple[str, list]:
                 ]
             )
     text = table(["MB", "tensors", "raw mpi4py ms", "header ms", *PATHS, "engine calls/step"], rows)
+    parts, part_targets = fixed_cost_table(record)
+    return text + parts, targets + part_targets
+
+
+FIXED_COST_PARTS = [
+    ("floor", "floor: the call with no collective"),
+    ("own_work", "own work: sync - floor - raw reduce"),
+    ("handoff", "hand-off: packing + numpy_function + unpacking"),
+    ("reduce_in_handoff", "a raw reduce inside the hand-off"),
+    ("engine_and_bridge", "gradsync's engine and bridge"),
+]
+
+
+def fixed_cost_table(record: dict) -> tuple[str, list]:
+    """The parts of a small sync in milliseconds, each a difference of cases timed back to
+    back (see ``allreduce.fixed_cost``)."""
+    targets, text = [], ""
+    for result in ok_results(record):
+        for size in result["sizes"]:
+            parts = size.get("fixed_cost_ms")
+            if not parts:
+                continue
+            rows = [
+                [label, *(ratio(parts[path][key], 3) for path in parts)]
+                for key, label in FIXED_COST_PARTS
+            ]
+            text += (
+                f"\n\nFixed cost at {size['mb']:.0f} MB in {size['tensors']} tensors, ms "
+                f"(the raw reduce alone: {size['seconds']['raw_mpi4py']['median'] * 1e3:.3f}):"
+                f"\n\n{table(['part', *parts], rows)}"
+            )
+            if size["mb"] < 2:
+                for path, found in parts.items():
+                    for key, what in (
+                        ("own_work", "sync - floor - raw"),
+                        ("engine_and_bridge", "engine and bridge"),
+                    ):
+                        median = found[key]["median"]
+                        targets.append(
+                            [
+                                f"1 MB fixed cost, {path}, {what} (ms)",
+                                "<= 0.25",
+                                ratio(found[key], 3),
+                                ok(median <= 0.25),
+                            ]
+                        )
     return text, targets
 
 

@@ -155,7 +155,7 @@ def run_models(plan: dict, timeout: float) -> list[dict]:
     results = []
     out = LOGS / "models.json"
     for model in plan["models"]:
-        for mode in ("tape", "graph"):
+        for mode in ("tape", "fit", "graph"):
             for passes in (1, 4):
                 for launch in range(plan["launches"]):
                     for framework in ("gradsync", "horovod"):
