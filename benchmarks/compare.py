@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
-PATHS = ["engine", "tf_function", "v1_graph", "tf_function_no_communication"]
+PATHS = ["engine", "eager", "tf_function", "v1_graph", "tf_function_no_communication"]
 
 
 def run_allreduce(src: Path, sizes: list[int], repeats: int, out: Path) -> dict:
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     ratios: dict[str, dict[int, dict[str, list[float]]]] = {"base": {}, "this": {}}
+    # (size, path, part) -> label -> the part's median milliseconds in each round
+    parts: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     seconds: dict[str, dict[int, dict[str, list[float]]]] = {"base": {}, "this": {}}
     with tempfile.TemporaryDirectory() as scratch:
         worktree = Path(scratch) / "base"
@@ -78,6 +80,10 @@ def main() -> None:
                     out = Path(scratch) / f"{label}{round_number}.json"
                     result = run_allreduce(src, args.sizes, args.repeats, out)
                     for size, measured in zip(args.sizes, result["sizes"], strict=True):
+                        for path, found in measured.get("fixed_cost_ms", {}).items():
+                            for part, summary in found.items():
+                                by_label = parts.setdefault((size, path, part), {})
+                                by_label.setdefault(label, []).append(summary["median"])
                         for path in ["raw_mpi4py", *PATHS]:
                             took = measured["seconds"][path]["median"]
                             seconds[label].setdefault(size, {}).setdefault(path, []).append(took)
@@ -109,6 +115,12 @@ def main() -> None:
             else:
                 ratio_columns = f"{'':8} {'':8} {'':10}"
             print(f"{size:>4} {path:<30} {ratio_columns} {base_ms:9.3f} {this_ms:9.3f}")
+    if parts:
+        print("\nparts of the fixed cost, ms (median over the rounds; see allreduce.fixed_cost)")
+        print(f"{'MB':>4} {'path':<12} {'part':<20} {'base ms':>9} {'this ms':>9}")
+        for (size, path, part), by_label in parts.items():
+            base_ms, this_ms = (statistics.median(by_label[label]) for label in ("base", "this"))
+            print(f"{size:>4} {path:<12} {part:<20} {base_ms:9.3f} {this_ms:9.3f}")
 
 
 if __name__ == "__main__":

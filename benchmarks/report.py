@@ -621,7 +621,7 @@ def plots(results: dict, folder: Path) -> list[str]:
         made.append("allreduce.png")
     models = ok_results(results.get("models"))
     if models:
-        figure, axes = plt.subplots(figsize=(7, 4))
+        figure, axes = plt.subplots(figsize=(9, 4.5))
         keys = sorted({(m["model"], m["mode"], m["n"]) for m in models})
         for offset, framework in ((-0.2, "gradsync"), (0.2, "horovod")):
             heights = []
@@ -633,7 +633,9 @@ def plots(results: dict, folder: Path) -> list[str]:
                 ]
                 heights.append(statistics.median(rates) if rates else 0.0)
             axes.bar([i + offset for i in range(len(keys))], heights, 0.4, label=framework)
-        axes.set_xticks(range(len(keys)), [f"{m}\n{mode} N={n}" for m, mode, n in keys])
+        labels = [f"{m.replace('mobilenet_v2', 'MobileNetV2').replace('resnet50', 'ResNet50')}"
+                  f"\n{mode} N={n}" for m, mode, n in keys]  # fmt: skip
+        axes.set_xticks(range(len(keys)), labels, rotation=45, ha="right")
         axes.tick_params(axis="x", labelsize=7)
         axes.set(yscale="log", ylabel="images/s, 2 ranks (median of launches)")
         axes.set_title("Real models: gradsync and Horovod 0.28.1 (no bar: not supported)")
