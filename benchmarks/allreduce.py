@@ -24,8 +24,8 @@ from gradsync.tensorflow.ops import bridge
 from gradsync.tensorflow.ops.packing import Packing
 
 PIECE = (4 << 20) // 4  # float32 elements in the 4 MiB pieces the engine sends
-#: Sizes (MB) at which the fixed cost is broken down into its parts.
-BREAKDOWN_MB = 4
+#: Sizes (MB) up to which the fixed cost is broken down into its parts.
+BREAKDOWN_MB = 1
 
 
 def handoff(comm: MPI.Comm | None):
