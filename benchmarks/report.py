@@ -467,7 +467,7 @@ def overlap_section(record: dict) -> tuple[str, list]:
         )
         targets.append(
             [
-                f"simulated link {r['link']}: added time / ring model",
+                f"simulated link {r['link']}: added to the engine's allreduce / ring model",
                 "0.8 - 1.2",
                 f"{r['link_over_model']:.2f}",
                 ok(0.8 <= r["link_over_model"] <= 1.2),

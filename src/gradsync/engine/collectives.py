@@ -67,19 +67,32 @@ def _reduce_in_place(
     buffer: np.ndarray,
     op: ReduceOp = ReduceOp.SUM,
     scale: float = 1.0,
-    scaled: int = -1,
-) -> None:
-    """Reduces ``buffer`` across ranks in place, then multiplies its first ``scaled`` elements
-    (all when -1) by ``scale``: each piece right after its reduction, while it is in cache."""
-    scaled = buffer.size if scaled < 0 else scaled
+    flag: int | None = None,
+) -> bool:
+    """Reduces ``buffer`` across ranks in place and multiplies it by ``scale``, each piece
+    right after its reduction, while it is in cache.
+
+    With ``flag`` (an index in the first piece), a rank whose call differs from the others'
+    raises that element: every rank sees it once the first piece is reduced, and then stops
+    and returns False, so a mismatch costs one piece whatever the buffer's size.
+    """
     step = max(1, CHUNK_BYTES // buffer.itemsize)
     for start in range(0, max(buffer.size, 1), step):
+        piece = buffer[start : start + step]
         if comm.Get_size() > 1:
-            piece, mpi_op = _mpi_buffer(buffer[start : start + step], op)
-            comm.Allreduce(MPI.IN_PLACE, piece, op=mpi_op)
-            link.wait_as_on_link(buffer[start : start + step].nbytes, comm.Get_size())
-        if start < scaled:
-            _scale(buffer[start : min(start + step, scaled)], scale)
+            message, mpi_op = _mpi_buffer(piece, op)
+            comm.Allreduce(MPI.IN_PLACE, message, op=mpi_op)
+            link.wait_as_on_link(piece.nbytes, comm.Get_size())
+        if flag is not None and start == 0 and buffer[flag] != 0:
+            return False
+        _scale(piece, scale)
+    return True
+
+
+def _flag_slot(dtype: np.dtype) -> int:
+    """Elements before the first buffer's data on the predicted path: the flag, padded so
+    that the data after it stays aligned."""
+    return max(1, fusion.ALIGNMENT // dtype.itemsize)
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,15 +181,18 @@ def _allreduce_request(
         for index, positions in enumerate(fusion.group_by_dtype(arrays).values()):
             members = [arrays[p] for p in positions]
             first = index == 0 and flaggable
-            buffer = fusion.fuse(members, prescale_factor, extra=1 if first else 0)
+            slot = _flag_slot(members[0].dtype) if first else 0
+            buffer = fusion.fuse(members, prescale_factor, front=slot)
             if first:
-                request.decoy = _decoy(buffer.dtype, buffer.size)
-                buffer[-1] = 0  # the flag: stays 0 unless a rank sent a decoy
-                data = buffer.size - 1
-                _reduce_in_place(comm, buffer if flagged else buffer[:data], op, final_scale, data)
-                if buffer[-1] != 0:
-                    return False, None
-                buffer = buffer[:data]
+                step = max(1, CHUNK_BYTES // buffer.itemsize)
+                request.decoy = _decoy(buffer.dtype, min(step, buffer.size))
+                buffer[0] = 0  # the flag: stays 0 unless a rank sent a decoy
+                if flagged:
+                    if not _reduce_in_place(comm, buffer, op, final_scale, flag=0):
+                        return False, None
+                else:
+                    _reduce_in_place(comm, buffer[slot:], op, final_scale)
+                buffer = buffer[slot:]
             else:
                 _reduce_in_place(comm, buffer, op, final_scale)
             for position, view in zip(
@@ -280,7 +296,7 @@ def _decoy(dtype: np.dtype, size: int):
 
     def send(comm: MPI.Comm) -> None:
         buffer = np.zeros(size, dtype=dtype)
-        buffer[-1] = 1
+        buffer[0] = 1
         _reduce_in_place(comm, buffer)
 
     return send

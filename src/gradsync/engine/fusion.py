@@ -71,7 +71,7 @@ def _offsets(counts: Sequence[int], itemsize: int) -> tuple[list[int], int]:
 
 
 def _buffer(count: int, dtype: np.dtype) -> np.ndarray:
-    """A zeroed-gaps buffer of ``count`` elements: a kept one that no array uses any more, or
+    """A buffer of ``count`` elements: a kept one that no array uses any more, or
     a new one (kept for reuse while there are few)."""
     key = (dtype, count)
     with _lock:
@@ -85,15 +85,15 @@ def _buffer(count: int, dtype: np.dtype) -> np.ndarray:
         return buffer.lend(count, dtype)
 
 
-def fuse(arrays: Sequence[np.ndarray], scale: float = 1.0, extra: int = 0) -> np.ndarray:
-    """A 1-D buffer holding ``arrays`` (all of one dtype), each 64-byte aligned, times
-    ``scale``, then ``extra`` elements for the caller; the gaps between them hold zeros.
-    ``unfuse`` cuts it back."""
+def fuse(arrays: Sequence[np.ndarray], scale: float = 1.0, front: int = 0) -> np.ndarray:
+    """A 1-D buffer of ``front`` elements for the caller, then ``arrays`` (all of one dtype)
+    times ``scale``, each 64-byte aligned when ``front`` elements are a multiple of 64 bytes.
+    ``unfuse`` cuts ``buffer[front:]`` back into the arrays."""
     dtype = arrays[0].dtype
     offsets, total = _offsets([a.size for a in arrays], dtype.itemsize)
-    buffer = _buffer(total + extra, dtype)
+    buffer = _buffer(front + total, dtype)
     for array, offset in zip(arrays, offsets, strict=True):
-        segment = buffer[offset : offset + array.size]
+        segment = buffer[front + offset : front + offset + array.size]
         if scale == 1.0:
             segment[...] = array.reshape(-1)
         else:

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from gradsync import engine
+from gradsync.engine import link
 from gradsync.engine.collectives import CHUNK_BYTES
 
 from support import report
@@ -55,6 +56,19 @@ def scaled_allreduce_exact(step):
 exact = [scaled_allreduce_exact(step) for step in range(12)]
 negotiations = engine.executed_counts().get("negotiation", 0)
 
+# A call other than the predicted one is found out in the first piece: it costs one piece
+# more than the call itself, not its whole buffer again. What each message carries is read
+# where the engine hands it to the (here absent) simulated link.
+sent: list[int] = []
+wait_as_on_link = link.wait_as_on_link
+link.wait_as_on_link = lambda nbytes, workers: sent.append(nbytes)
+engine.allreduce(arrays(0, rank), engine.ReduceOp.AVERAGE, PRESCALE, POSTSCALE, name="grads")
+predicted_bytes = sum(sent)
+sent.clear()
+engine.allreduce(arrays(0, rank), engine.ReduceOp.AVERAGE, PRESCALE, POSTSCALE, name="other")
+mispredicted_bytes = sum(sent)
+link.wait_as_on_link = wait_as_on_link
+
 zeroed = []
 for step in range(4):
     got = engine.allreduce(arrays(step, rank), engine.ReduceOp.SUM, postscale_factor=0.0, name="z")
@@ -70,5 +84,12 @@ except engine.CollectiveMismatchError as raised:
 report(
     out_dir,
     rank,
-    {"exact": exact, "negotiations": negotiations, "zeroed": zeroed, "error": error},
+    {
+        "exact": exact,
+        "negotiations": negotiations,
+        "predicted_bytes": predicted_bytes,
+        "mispredicted_bytes": mispredicted_bytes,
+        "zeroed": zeroed,
+        "error": error,
+    },
 )
