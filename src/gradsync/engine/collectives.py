@@ -186,7 +186,7 @@ def _allreduce_request(
             if first:
                 step = max(1, CHUNK_BYTES // buffer.itemsize)
                 request.decoy = _decoy(buffer.dtype, min(step, buffer.size))
-                buffer[0] = 0  # the flag: stays 0 unless a rank sent a decoy
+                buffer[:slot] = 0  # the flag (first): stays 0 unless a rank sent a decoy
                 if flagged:
                     if not _reduce_in_place(comm, buffer, op, final_scale, flag=0):
                         return False, None
