@@ -76,7 +76,7 @@ def _reduce_in_place(
     raises that element: every rank sees it once the first piece is reduced, and then stops
     and returns False, so a mismatch costs one piece whatever the buffer's size.
     """
-    step = max(1, CHUNK_BYTES // buffer.itemsize)
+    step = _piece_elements(buffer.dtype)
     for start in range(0, max(buffer.size, 1), step):
         piece = buffer[start : start + step]
         if comm.Get_size() > 1:
@@ -87,6 +87,11 @@ def _reduce_in_place(
             return False
         _scale(piece, scale)
     return True
+
+
+def _piece_elements(dtype: np.dtype) -> int:
+    """How many elements of ``dtype`` one message carries."""
+    return max(1, CHUNK_BYTES // dtype.itemsize)
 
 
 def _flag_slot(dtype: np.dtype) -> int:
@@ -184,8 +189,8 @@ def _allreduce_request(
             slot = _flag_slot(members[0].dtype) if first else 0
             buffer = fusion.fuse(members, prescale_factor, front=slot)
             if first:
-                step = max(1, CHUNK_BYTES // buffer.itemsize)
-                request.decoy = _decoy(buffer.dtype, min(step, buffer.size))
+                first_message = min(_piece_elements(buffer.dtype), buffer.size)
+                request.decoy = _decoy(buffer.dtype, first_message)
                 buffer[:slot] = 0  # the flag (first): stays 0 unless a rank sent a decoy
                 if flagged:
                     if not _reduce_in_place(comm, buffer, op, final_scale, flag=0):

@@ -102,18 +102,13 @@ def call_engine(
     gradients of its outputs to those of its inputs, element by element too: it is then
     applied to the packed tensors, so that a model's many small gradients cost one op.
     """
-    if output_dtypes is None:
-        output_dtypes = [t.dtype for t in inputs]
-    if output_shapes is None:
-        output_shapes = [t.shape for t in inputs]
     # Packed alike in every mode, so that an eager call and a graph's meet with one layout.
     packing = Packing.of(inputs) if elementwise else None
-    if packing is not None:
-        carried = packing.carried
+    carried = packing.carried if packing is not None else list(inputs)
+    if packing is not None or output_dtypes is None:
         output_dtypes = [t.dtype for t in carried]
+    if packing is not None or output_shapes is None:
         output_shapes = [t.shape for t in carried]
-    else:
-        carried = list(inputs)
 
     def communicate(tensors: list[tf.Tensor]) -> list[tf.Tensor]:
         return _communicate(engine_call, tensors, kind, name, packing, output_dtypes, output_shapes)
