@@ -25,6 +25,20 @@ def test_ranks_start_from_root_and_average_metrics(tmp_path, flavour, ranks):
         # LearningRateScheduleCallback: 0.01 * 0.5 ** (epoch + batch / 4), at every batch.
         expected = [0.01 * 0.5 ** (epoch + batch / 4) for epoch in range(2) for batch in range(4)]
         np.testing.assert_allclose(report["rates"], expected, rtol=1e-6)
+    # A model that fit builds on its first batch: rank `root`'s state after that batch reaches
+    # every rank, and the ranks stay in step, optimizer state included. (In the v1 session
+    # tf_keras builds the model before training begins, and the broadcast comes then.)
+    lazy_root = reports[root]["lazy_before_broadcast"]
+    if flavour != "tf_keras_session":
+        assert reports[(root + 1) % ranks]["lazy_before_broadcast"] != lazy_root
+    # Warmup from 0.01 / size to 0.01 over the first epoch's 4 batches, as Horovod.
+    warmup = [0.01 / ranks * ((b + 1) / 4 * (ranks - 1) + 1) for b in range(4)] + [0.01] * 4
+    for report in reports:
+        assert report["lazy_after_broadcast"] == lazy_root
+        assert report["lazy_final"] == reports[root]["lazy_final"]
+        assert report["lazy_optimizer"] == reports[root]["lazy_optimizer"]
+        assert report["lazy_final"] != lazy_root  # it went on training
+        np.testing.assert_allclose(report["lazy_rates"], warmup, rtol=1e-6)
     # BestModelCheckpoint: rank 0 alone writes the model.
     assert [p.name.split(".")[0] for p in tmp_path.glob("best*")] == ["best0"]
 

@@ -2,7 +2,10 @@
 
 Each rank starts from its own random weights and trains on its own data. Reports the weights
 each rank started from, the weights seen right after the broadcast callback, the epoch loss
-before and after metric averaging, and the final weights. Usage: out_dir flavour root_rank
+before and after metric averaging, and the final weights. Then a model without an input shape
+(built by fit on its first batch) trains with the broadcast, metric-average and warmup
+callbacks: reports its weights at the end of the first batch before and after the broadcast,
+and its final weights and optimizer state. Usage: out_dir flavour root_rank
 """
 
 import sys
@@ -77,6 +80,64 @@ callbacks = [
     gs.callbacks.BestModelCheckpoint(monitor="loss", filepath=f"{out_dir}/best{rank}.{extension}"),
 ]
 model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def values(variables):
+    return [np.asarray(v).tolist() for v in keras.backend.batch_get_value(variables)] if (
+        flavour == "tf_keras_session"
+    ) else [np.asarray(v).tolist() for v in variables]
+
+
+def optimizer_variables(optimizer):
+    found = optimizer.variables
+    return list(found() if callable(found) else found)
+
+
+class FirstBatchWeights(keras.callbacks.Callback):
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.key not in seen:
+            seen[self.key] = values(self.model.weights)
+
+
+# Each rank initializes its own way; fit builds the model on its first batch.
+seed = 7 + 11 * rank
+lazy = keras.Sequential(
+    [
+        keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(seed=seed)),
+        keras.layers.Dense(1, kernel_initializer=keras.initializers.RandomNormal(seed=seed + 1)),
+    ]
+)
+lazy.compile(optimizer=gs.DistributedOptimizer(optimizer_family.Adam(0.01)), loss="mse")
+lazy_rates = []
+
+
+class LazyRates(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        rate = self.model.optimizer.learning_rate
+        value = keras.ops.convert_to_numpy(rate) if flavour == "keras" else keras.backend.get_value(rate)
+        lazy_rates.append(float(value))
+
+
+lazy.fit(
+    x,
+    y,
+    batch_size=8,
+    epochs=2,
+    shuffle=False,
+    verbose=0,
+    callbacks=[
+        FirstBatchWeights("lazy_before_broadcast"),
+        gs.callbacks.BroadcastGlobalVariablesCallback(root_rank),
+        FirstBatchWeights("lazy_after_broadcast"),
+        gs.callbacks.MetricAverageCallback(),
+        gs.callbacks.LearningRateWarmupCallback(initial_lr=0.01, warmup_epochs=1),
+        LazyRates(),
+    ],
+)
 report(
     out_dir,
     rank,
@@ -87,5 +148,10 @@ report(
         "raw_loss": seen["raw"],
         "averaged_loss": seen["averaged"],
         "rates": seen["rates"],
+        "lazy_before_broadcast": seen["lazy_before_broadcast"],
+        "lazy_after_broadcast": seen["lazy_after_broadcast"],
+        "lazy_final": values(lazy.weights),
+        "lazy_optimizer": values(optimizer_variables(lazy.optimizer)),
+        "lazy_rates": lazy_rates,
     },
 )

@@ -38,12 +38,24 @@ def _run_in_keras_session(op: tf.Operation) -> None:
     tf_keras.backend.batch_get_value([op])
 
 
+def _is_built(model: Any) -> bool:
+    """Whether every layer of ``model`` has its variables (a model without an input shape gets
+    them when ``fit`` traces its first step)."""
+    if not getattr(model, "built", False):
+        return False
+    return all(getattr(layer, "built", True) for layer in model._flatten_layers())
+
+
 class BroadcastOnTrainBegin:
     """Starts every rank from ``root_rank``'s model and optimizer state.
 
-    At the start of training it builds the optimizer (so its slots exist) and broadcasts the
-    model's and the optimizer's variables. Gradient accumulators, variables registered as
-    local, and ``local_variables`` are left alone. ``device`` is accepted for compatibility.
+    Where the model is built when training begins, it builds the optimizer (so its slots
+    exist) and broadcasts the model's and the optimizer's variables before the first update.
+    A model that ``fit`` builds on its first batch has no variables then: as Horovod, the
+    broadcast comes at the end of the first batch, once, and every rank continues from the
+    root's weights and optimizer state after that batch. Gradient accumulators, variables
+    registered as local, and ``local_variables`` are left alone. ``device`` is accepted for
+    compatibility.
     """
 
     model: Any
@@ -53,8 +65,19 @@ class BroadcastOnTrainBegin:
         self.root_rank = engine.check_root_rank(root_rank, engine.size())
         self.device = device
         self.local_variables = list(local_variables or [])
+        self._broadcast_after_first_batch = False
 
     def on_train_begin(self, logs=None) -> None:
+        self._broadcast_after_first_batch = not _is_built(self.model)
+        if not self._broadcast_after_first_batch:
+            self._broadcast()
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if self._broadcast_after_first_batch:
+            self._broadcast_after_first_batch = False
+            self._broadcast()
+
+    def _broadcast(self) -> None:
         variables = list(self.model.variables)
         optimizer = self.model.optimizer
         if optimizer is not None:
