@@ -46,6 +46,13 @@ model.compile(optimizer=optimizer, loss="mse")
 seen = {}
 
 
+def learning_rate(model) -> float:
+    rate = model.optimizer.learning_rate
+    if flavour == "keras":
+        return float(keras.ops.convert_to_numpy(rate))
+    return float(keras.backend.get_value(rate))
+
+
 class Record(keras.callbacks.Callback):
     def __init__(self, key):
         super().__init__()
@@ -57,13 +64,7 @@ class Record(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.key == "raw":
-            rate = self.model.optimizer.learning_rate
-            value = (
-                keras.ops.convert_to_numpy(rate)
-                if flavour == "keras"
-                else (keras.backend.get_value(rate))
-            )
-            seen.setdefault("rates", []).append(float(value))
+            seen.setdefault("rates", []).append(learning_rate(self.model))
 
     def on_epoch_end(self, epoch, logs=None):
         seen[self.key] = float(logs["loss"])
@@ -83,9 +84,9 @@ model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=call
 
 
 def values(variables):
-    return [np.asarray(v).tolist() for v in keras.backend.batch_get_value(variables)] if (
-        flavour == "tf_keras_session"
-    ) else [np.asarray(v).tolist() for v in variables]
+    if flavour == "tf_keras_session":
+        variables = keras.backend.batch_get_value(variables)
+    return [np.asarray(v).tolist() for v in variables]
 
 
 def optimizer_variables(optimizer):
@@ -117,9 +118,7 @@ lazy_rates = []
 
 class LazyRates(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
-        rate = self.model.optimizer.learning_rate
-        value = keras.ops.convert_to_numpy(rate) if flavour == "keras" else keras.backend.get_value(rate)
-        lazy_rates.append(float(value))
+        lazy_rates.append(learning_rate(self.model))
 
 
 lazy.fit(
