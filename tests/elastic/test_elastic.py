@@ -2,7 +2,7 @@
 relaunch from the last commit, and the job ends with the weights of one process taking every
 step once (the program's data sharding makes the trajectory independent of the world size).
 Hosts are simulated on this machine by loopback names with one slot each, in a discovery file
-the tests (and the worker, to grow) rewrite."""
+the tests (and the worker, to grow) rewrite, or given as one host of several slots with ``-H``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from gradsync.elastic.supervisor import ElasticOptions, Hosts
 
 from support import worker_env
 
@@ -42,12 +44,14 @@ def reference(passes: int, epochs: int = EPOCHS) -> list[np.ndarray]:
 
 
 class Job:
-    """One elastic run: its exit status, the supervisor's log, each launch's start, the result."""
+    """One elastic run: its exit status, the supervisor's log, each launch's start, the result.
+    ``hosts``: how many loopback hosts of one slot the discovery file lists, or a fixed ``-H``
+    list such as ``"localhost:3"``."""
 
     def __init__(
         self,
         tmp_path: Path,
-        hosts: int,
+        hosts: int | str,
         *args: str,
         mode="loop",
         passes=1,
@@ -57,10 +61,6 @@ class Job:
         timeout=240,
     ):
         self.hosts_file = tmp_path / "hosts"
-        self.hosts_file.write_text("".join(f"127.0.0.{i + 1}:1\n" for i in range(hosts)))
-        script = tmp_path / "discover.sh"
-        script.write_text(f"#!/bin/sh\ncat {self.hosts_file}\n")
-        script.chmod(0o755)
         self.state = tmp_path / "state"
         out = tmp_path / "out"
         out.mkdir()
@@ -68,8 +68,7 @@ class Job:
         command = [
             GRADSYNCRUN,
             *args,
-            "--host-discovery-script",
-            str(script),
+            *self._host_arguments(tmp_path, hosts),
             "--state-dir",
             str(self.state),
             "--elastic-timeout",
@@ -92,6 +91,15 @@ class Job:
         self.history = [json.loads(line) for line in lines]
         result = out / "result.json"
         self.result = json.loads(result.read_text()) if result.exists() else None
+
+    def _host_arguments(self, tmp_path: Path, hosts: int | str) -> list[str]:
+        if isinstance(hosts, str):
+            return ["-H", hosts]
+        self.hosts_file.write_text("".join(f"127.0.0.{i + 1}:1\n" for i in range(hosts)))
+        script = tmp_path / "discover.sh"
+        script.write_text(f"#!/bin/sh\ncat {self.hosts_file}\n")
+        script.chmod(0o755)
+        return ["--host-discovery-script", str(script)]
 
     def assert_matches_reference(self, passes: int, epochs: int = EPOCHS) -> None:
         assert self.code == 0, self.log[-6000:]
@@ -121,6 +129,52 @@ def test_sigkilled_rank_costs_one_relaunch_on_the_ranks_left(tmp_path, passes):
     assert len(job.restarts) == 1
     assert "rank 1 (pid" in job.restarts[0] and "host 127.0.0.2" in job.restarts[0]
     assert "new world size 2" in job.restarts[0] and "resuming from commit 2" in job.restarts[0]
+
+
+def test_sigkill_on_a_host_of_three_slots_relaunches_on_its_other_two(tmp_path):
+    """-H localhost:3 with TensorFlowState, commits at every step: the killed worker's slot is
+    left out, not the whole host (which left no slot for --min-np 2: the job waited out
+    --elastic-timeout without a word, then failed)."""
+    job = Job(
+        tmp_path,
+        "localhost:3",
+        "-np",
+        "3",
+        "--min-np",
+        "2",
+        "--max-np",
+        "3",
+        mode="variables",
+        commit_every=1,
+        faults=["kill@0:5:2"],
+        env={"EPOCHS": "2"},
+        timeout=120,
+    )
+    job.assert_matches_reference(1, epochs=2)
+    assert [h["size"] for h in job.history] == [3, 2]
+    # Killed after step 5, before its commit; the others committed step 5 and were stopped.
+    assert [(h["commit"], h["batch"]) for h in job.history] == [(0, 0), (5, 5)]
+    assert len(job.restarts) == 1 and "waiting up to" not in job.log
+    assert "rank 2 (pid" in job.restarts[0] and "host localhost)" in job.restarts[0]
+    assert "new world size 2 on localhost:2" in job.restarts[0]
+    assert "resuming from commit 5" in job.restarts[0]
+
+
+def test_a_failed_slot_is_left_out_until_its_host_is_listed_anew(tmp_path):
+    listed = tmp_path / "hosts"
+    script = tmp_path / "discover.sh"
+    script.write_text(f"#!/bin/sh\ncat {listed}\n")
+    script.chmod(0o755)
+    options = ElasticOptions(2, 1, 4, ["true"], "mpiexec", discovery_script=str(script))
+    hosts = Hosts(options)
+    listed.write_text("node1:3\nnode2:1\n")
+    hosts.fail("node1")
+    hosts.fail("node2")
+    assert hosts.discover() == {"node1": 2} and hosts.left_out() == "node1:1,node2:1"
+    listed.write_text("node1:3\n")  # node2 gone: listed again, it is new
+    assert hosts.discover() == {"node1": 2}
+    listed.write_text("node1:3\nnode2:1\n")
+    assert hosts.discover() == {"node1": 2, "node2": 1}
 
 
 def test_rank_that_raises_costs_one_relaunch(tmp_path):

@@ -4,9 +4,10 @@ slots that remain when a worker dies or its host goes away, or on more slots whe
     gradsyncrun -np 3 --min-np 2 --max-np 4 --host-discovery-script ./hosts.sh python train.py
 
 Hosts come from ``-H host:slots,...`` or from a script that prints one ``host:slots`` per line
-(run every second). A host whose worker failed is left out until the script stops listing it
-and lists it again. Hosts that are this machine (``localhost``, ``127.x.y.z``, its own name)
-run their workers here; so one machine can stand for several hosts.
+(run every second). The slot of a worker that failed is left out until the script stops listing
+its host and lists it again; the host's other slots stay on offer. Hosts that are this machine
+(``localhost``, ``127.x.y.z``, its own name) run their workers here; so one machine can stand
+for several hosts.
 
 Every relaunch is logged on one line (why, which rank and host, the new world size, the commit
 it resumes from), and counts against ``--max-restarts`` unless it only grows the world.
@@ -67,11 +68,23 @@ def is_this_machine(host: str) -> bool:
 
 
 class Hosts:
-    """The slots on offer now: the discovery script's (or ``-H``'s), less failed hosts."""
+    """The slots on offer now: the discovery script's (or ``-H``'s), less the slots of
+    workers that failed."""
 
     def __init__(self, options: ElasticOptions) -> None:
         self.options = options
-        self.failed: set[str] = set()
+        #: Host -> how many of its workers failed since the script last listed it anew.
+        self.failed: dict[str, int] = {}
+
+    def fail(self, host: str) -> None:
+        """Leaves out the slot of a worker that failed on ``host``, not the host's other
+        slots: ``-H`` never lists a host anew, so leaving out all of ``localhost:3`` for one
+        worker's failure would leave no slot to relaunch on, ever."""
+        self.failed[host] = self.failed.get(host, 0) + 1
+
+    def left_out(self) -> str:
+        """The failed slots, as ``host:count,...`` ("" when none)."""
+        return ",".join(f"{h}:{n}" for h, n in sorted(self.failed.items()))
 
     def discover(self) -> dict[str, int]:
         if self.options.hosts is not None:
@@ -80,8 +93,9 @@ class Hosts:
             seen = self._run_script()
         for host in list(self.failed):
             if host not in seen:  # gone from the list: it may come back as new
-                self.failed.discard(host)
-        return {h: s for h, s in seen.items() if h not in self.failed}
+                del self.failed[host]
+        offered = {h: s - self.failed.get(h, 0) for h, s in seen.items()}
+        return {h: s for h, s in offered.items() if s > 0}
 
     def _run_script(self) -> dict[str, int]:
         script = self.options.discovery_script
@@ -146,23 +160,33 @@ class Supervisor:
         self.restarts = 0
 
     def wait_for_slots(self) -> dict[str, int]:
-        """The hosts on offer, once they have at least ``--min-np`` slots."""
+        """The hosts on offer, once they have at least ``--min-np`` slots. Says once that it
+        waits, so that a job short of slots is not silent until ``--elastic-timeout``."""
         deadline = time.monotonic() + self.options.elastic_timeout
+        said = False
         while True:
             hosts = self.hosts.discover()
-            total = sum(hosts.values())
-            if total >= self.options.min_np:
+            if sum(hosts.values()) >= self.options.min_np:
                 return hosts
             if time.monotonic() >= deadline:
-                failed = f"; left out after failures: {sorted(self.hosts.failed)}" * bool(
-                    self.hosts.failed
-                )
                 raise ElasticError(
-                    f"--min-np {self.options.min_np} cannot be reached: {total} slots on offer "
-                    f"({hosts or 'no hosts'}){failed} after waiting "
-                    f"{self.options.elastic_timeout:.0f} s (--elastic-timeout)."
+                    f"--min-np {self.options.min_np} cannot be reached: {self._offer(hosts)} "
+                    f"after waiting {self.options.elastic_timeout:.0f} s (--elastic-timeout)."
                 )
+            if not said:
+                _log(
+                    f"waiting up to {self.options.elastic_timeout:.0f} s (--elastic-timeout) "
+                    f"for --min-np {self.options.min_np} slots: {self._offer(hosts)}"
+                )
+                said = True
             time.sleep(DISCOVERY_PERIOD)
+
+    def _offer(self, hosts: dict[str, int]) -> str:
+        """The slots on offer, and the failed ones left out, in words."""
+        failed = self.hosts.left_out()
+        return f"{sum(hosts.values())} slots on offer ({hosts or 'no hosts'})" + (
+            f"; left out after failures: {failed}" * bool(failed)
+        )
 
     def run(self) -> int:
         why = None  # why the world is relaunched (None for the first launch)
@@ -220,7 +244,7 @@ class Supervisor:
             if silent:
                 rank, pid = silent[0]
                 host = placement[rank] if rank < len(placement) else "?"
-                self.hosts.failed.add(host)
+                self.hosts.fail(host)
                 reason = f"rank {rank} (pid {pid}, host {host}) ended without finishing"
                 self._stop(process, listener)
                 return _Outcome(process.poll(), reason)

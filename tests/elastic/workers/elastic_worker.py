@@ -9,7 +9,9 @@ taking every step once. Faults: ``kind@generation:step:rank`` (kill, raise, hang
 ``grow@step`` (``shrink@step``) makes rank 0 of the first world add a host to (take the last
 host off) the discovery file at that step.
 
-Usage: out_dir mode passes commit_every [fault ...]   (mode: loop | fit)
+Usage: out_dir mode passes commit_every [fault ...]   (mode: loop | variables | fit; loop and
+variables are the same loop, committing a ``KerasState`` and a ``TensorFlowState`` of the
+model's and the optimizer's variables)
 """
 
 import json
@@ -97,7 +99,19 @@ optimizer = gs.DistributedOptimizer(
     count_steps="updates",
 )
 loss_fn = keras.losses.MeanSquaredError()
-state = gs_keras.elastic.KerasState(model, optimizer, epoch=0, batch=0)
+
+
+def make_state():
+    """The state the mode commits: a ``TensorFlowState`` needs the optimizer's variables to
+    exist, so the optimizer is built first."""
+    if mode != "variables":
+        return gs_keras.elastic.KerasState(model, optimizer, epoch=0, batch=0)
+    optimizer.build(model.trainable_variables)
+    variables = list(model.variables) + list(optimizer.variables)
+    return gs.elastic.TensorFlowState(variables, epoch=0, batch=0)
+
+
+state = make_state()
 
 
 def record_start() -> None:
@@ -168,7 +182,7 @@ def train_fit(state):
         )
 
 
-(train_loop if mode == "loop" else train_fit)(state)
+(train_fit if mode == "fit" else train_loop)(state)
 if rank == 0:
     weights = [w.tolist() for w in model.get_weights()]
     (out_dir / "result.json").write_text(
